@@ -1,0 +1,1 @@
+"""Online path of the fraud scorer: the Ray Serve graph, its schemas and the feature contract."""

@@ -1,0 +1,101 @@
+"""Pydantic models for every HTTP boundary: transactions in, scores and feedback out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+# Limits shared with the offline loader (train.data) so a file row and an HTTP body obey the same rules.
+MAX_AMOUNT = 1_000_000.0
+ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
+CHANNELS = ("pos", "online", "atm")
+MAX_BATCH = 1000
+
+Decision = Literal["approve", "review", "decline"]
+Identifier = Annotated[str, Field(pattern=ID_PATTERN, description="1-64 chars: letters, digits, _ . : -")]
+
+
+def _require_timezone(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("timestamp must carry a timezone offset (RFC 3339), e.g. 2026-01-31T23:15:00Z")
+    return value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_require_timezone)]
+
+
+class Transaction(BaseModel):
+    """One payment to score; `transaction_id` is the idempotency key, `timestamp` the event time."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_strip_whitespace=False)
+
+    transaction_id: Identifier
+    timestamp: Timestamp
+    customer_id: Identifier
+    merchant_id: Identifier
+    amount: float = Field(gt=0, le=MAX_AMOUNT, description="Amount in the currency's major unit")
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
+    merchant_category: str | None = Field(None, pattern=r"^[a-z_]{1,32}$")
+    channel: Literal["pos", "online", "atm"] | None = None
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+
+    @model_validator(mode="after")
+    def _coordinates_come_in_pairs(self) -> Transaction:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("lat and lon must be given together")
+        return self
+
+    @property
+    def timestamp_ms(self) -> int:
+        return int(self.timestamp.timestamp() * 1000)
+
+
+class BatchScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    transactions: list[Transaction] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class Reason(BaseModel):
+    feature: str
+    value: float
+    contribution: float = Field(description="Signed push towards fraud (log-odds, averaged over models)")
+
+
+class ScoreResponse(BaseModel):
+    transaction_id: str
+    decision: Decision
+    fraud_probability: float
+    model_probabilities: dict[str, float]
+    rule_hits: list[str]
+    reasons: list[Reason]
+    model_version: str
+    degraded: bool
+
+
+class BatchScoreResponse(BaseModel):
+    results: list[ScoreResponse]
+
+
+class Feedback(BaseModel):
+    """A label for a scored transaction (a chargeback, or a confirmed genuine payment)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    transaction_id: Identifier
+    is_fraud: bool
+    labelled_at: Timestamp
+
+
+class BatchFeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[Feedback] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class FeedbackResponse(BaseModel):
+    transaction_id: str
+    status: Literal["recorded", "unchanged", "corrected"]

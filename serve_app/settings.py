@@ -1,0 +1,48 @@
+"""Runtime configuration from the environment (prefix FRAUD_); MLflow keeps its own MLFLOW_TRACKING_URI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Read once per process with `get_settings()`."""
+
+    model_config = SettingsConfigDict(env_prefix="FRAUD_", extra="ignore")
+
+    data_dir: Path = Field(Path("./data"), description="Generated data, local MLflow store, Redis files")
+    redis_url: str | None = Field(None, description="External Redis; unset means an embedded server")
+    model_name: str = Field("fraud-scorer", description="Registered MLflow model name")
+    model_alias: str = Field("champion", description="Alias the serving graph loads")
+    api_keys: SecretStr = Field(SecretStr(""), description="Comma-separated API keys for X-API-Key")
+    admin_keys: SecretStr = Field(SecretStr(""), description="Comma-separated keys for admin routes")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    label_delay_days: float = Field(2.0, ge=0, description="Days until a fraud label is known offline")
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLFLOW_TRACKING_URI wins; otherwise a SQLite store under the data directory."""
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            return uri
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> str:
+        return str((self.data_dir / "mlartifacts").resolve())
+
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+    def admin_key_list(self) -> list[str]:
+        return [k.strip() for k in self.admin_keys.get_secret_value().split(",") if k.strip()]
+
+
+def get_settings() -> Settings:
+    """A fresh read of the environment (cheap; callers keep the result)."""
+    return Settings()

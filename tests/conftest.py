@@ -1,0 +1,53 @@
+"""Shared fixtures: a real Redis server on a free port, a temporary MLflow store, one Ray per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serve_app.redis_server import EmbeddedRedis
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """A real redis-server (the binary the product embeds), started once per session on a free port."""
+    with EmbeddedRedis(directory=tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
+    """The session server, emptied before each test so tests do not see each other's keys."""
+    import redis  # noqa: PLC0415
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    yield redis_server.url
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A temporary SQLite tracking store with its own artifact root; MLFLOW_TRACKING_URI points at it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("FRAUD_DATA_DIR", str(tmp_path / "data"))
+    return uri
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray instance for the whole session: fractional CPUs, no dashboard, no Redis port clash."""
+    import ray  # noqa: PLC0415
+    from ray import serve  # noqa: PLC0415
+
+    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "0")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        serve.shutdown()
+        ray.shutdown()
