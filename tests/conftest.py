@@ -19,14 +19,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 
 @pytest.fixture
-def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
+def redis_url(redis_server: EmbeddedRedis) -> str:
     """The session server, emptied before each test so tests do not see each other's keys."""
-    import redis  # noqa: PLC0415
+    import redis
 
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     client.close()
-    yield redis_server.url
+    return redis_server.url
 
 
 @pytest.fixture
@@ -41,8 +41,8 @@ def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One local Ray instance for the whole session: fractional CPUs, no dashboard, no Redis port clash."""
-    import ray  # noqa: PLC0415
-    from ray import serve  # noqa: PLC0415
+    import ray
+    from ray import serve
 
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "0")
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)

@@ -54,7 +54,9 @@ class FeatureSpec:
 
 FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("amount", "Transaction amount.", heavy_tailed=True, needs_history=False),
-    FeatureSpec("hour_sin", "sin(2π·hour/24), hour of day in UTC with minutes as fraction.", needs_history=False),
+    FeatureSpec(
+        "hour_sin", "sin(2π·hour/24), hour of day in UTC with minutes as fraction.", needs_history=False
+    ),
     FeatureSpec("hour_cos", "cos(2π·hour/24).", needs_history=False),
     FeatureSpec("is_night", "1 if the UTC hour is in [0, 6).", needs_history=False),
     FeatureSpec("is_weekend", "1 on Saturday or Sunday (UTC).", needs_history=False),
@@ -67,8 +69,12 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("cust_count_30d", "Customer's transactions in the last 30 days.", heavy_tailed=True),
     FeatureSpec("cust_sum_1h", "Customer's amount spent in the last hour.", heavy_tailed=True),
     FeatureSpec("cust_sum_1d", "Customer's amount spent in the last day.", heavy_tailed=True),
-    FeatureSpec("cust_avg_amount_7d", "Customer's mean amount over 7 days (0 without history).", heavy_tailed=True),
-    FeatureSpec("cust_avg_amount_30d", "Customer's mean amount over 30 days (0 without history).", heavy_tailed=True),
+    FeatureSpec(
+        "cust_avg_amount_7d", "Customer's mean amount over 7 days (0 without history).", heavy_tailed=True
+    ),
+    FeatureSpec(
+        "cust_avg_amount_30d", "Customer's mean amount over 30 days (0 without history).", heavy_tailed=True
+    ),
     FeatureSpec(
         "cust_amount_ratio_30d",
         "amount / customer's 30-day mean amount (1 without history).",
@@ -80,7 +86,9 @@ FEATURES: tuple[FeatureSpec, ...] = (
         heavy_tailed=True,
     ),
     FeatureSpec("cust_new_merchant", "1 if the customer has not paid this merchant in the last 30 days."),
-    FeatureSpec("cust_merchant_count_30d", "Customer's transactions at this merchant in 30 days.", heavy_tailed=True),
+    FeatureSpec(
+        "cust_merchant_count_30d", "Customer's transactions at this merchant in 30 days.", heavy_tailed=True
+    ),
     FeatureSpec(
         "geo_distance_km",
         "Great-circle km from the customer's previous located transaction (0 if either has no location).",
@@ -91,13 +99,21 @@ FEATURES: tuple[FeatureSpec, ...] = (
         "geo_distance_km over the hours since that transaction (at least one minute); 0 without location.",
         heavy_tailed=True,
     ),
-    FeatureSpec("cust_fraud_labels_30d", "Fraud labels on this customer known in the last 30 days.", heavy_tailed=True),
+    FeatureSpec(
+        "cust_fraud_labels_30d", "Fraud labels on this customer known in the last 30 days.", heavy_tailed=True
+    ),
     FeatureSpec("merch_count_1h", "Merchant's transactions in the last hour.", heavy_tailed=True),
     FeatureSpec("merch_count_1d", "Merchant's transactions in the last day.", heavy_tailed=True),
     FeatureSpec("merch_count_7d", "Merchant's transactions in the last 7 days.", heavy_tailed=True),
     FeatureSpec("merch_count_30d", "Merchant's transactions in the last 30 days.", heavy_tailed=True),
-    FeatureSpec("merch_fraud_labels_7d", "Fraud labels at this merchant known in the last 7 days.", heavy_tailed=True),
-    FeatureSpec("merch_fraud_labels_30d", "Fraud labels at this merchant known in the last 30 days.", heavy_tailed=True),
+    FeatureSpec(
+        "merch_fraud_labels_7d", "Fraud labels at this merchant known in the last 7 days.", heavy_tailed=True
+    ),
+    FeatureSpec(
+        "merch_fraud_labels_30d",
+        "Fraud labels at this merchant known in the last 30 days.",
+        heavy_tailed=True,
+    ),
     FeatureSpec(
         "merch_fraud_rate_30d",
         "merch_fraud_labels_30d / max(merch_count_30d, 1): the merchant's recent known fraud rate.",
