@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.redis_server import EmbeddedRedis
+from serve_app.redis_server import EmbeddedRedis, free_port
 
 
 @pytest.fixture(scope="session")
@@ -39,13 +39,25 @@ def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
+def ray_metrics_port() -> int:
+    """The port on which the session's Ray serves Prometheus metrics (http://127.0.0.1:<port>/metrics)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_metrics_port: int) -> Iterator[None]:
     """One local Ray instance for the whole session: fractional CPUs, no dashboard, no Redis port clash."""
     import ray
     from ray import serve
 
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "0")
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=False,
+        _metrics_export_port=ray_metrics_port,
+    )
     try:
         yield
     finally:

@@ -192,19 +192,25 @@ def compromised_merchant(
     located = world.merchants(None, (POS,))
     located = located[np.isin(world.m_city[located], world.home_cities)]
     traffic = np.bincount(genuine.merchant, minlength=len(world.m_cat))[located]
-    # Busy terminals: the fraud hides among plenty of normal payments.
-    candidates = rng.permutation(located[traffic >= np.median(traffic)])
+    # Busy (not the busiest) terminals: the fraud hides among plenty of normal payments.
+    lo_t, hi_t = np.quantile(traffic, [0.4, 0.9])
+    candidates = rng.permutation(located[(traffic >= lo_t) & (traffic <= hi_t)])
     parts: list[Rows] = []
     chosen: list[int] = []
+    phase = rng.random()
     for m in candidates:
         if budget <= 0:
             break
         dur = int(rng.integers(5, 13)) if world.days > 14 else max(2, world.days // 3)
-        first_day = int(rng.integers(min(2, world.days - dur), world.days - dur + 1))
+        # Golden-ratio spacing spreads the compromises over the period instead of clumping them by chance.
+        spot = (phase + len(chosen) * 0.6180339887) % 1.0
+        first_day = min(2, world.days - dur) + int(spot * (world.days - dur - min(2, world.days - dur) + 1))
         lo, hi = world.start_ms + first_day * DAY_MS, world.start_ms + (first_day + dur) * DAY_MS
         seen = int(np.count_nonzero((genuine.merchant == m) & (genuine.ts_ms >= lo) & (genuine.ts_ms < hi)))
-        share = rng.uniform(0.3, 0.6)
-        k = min(max(3, round(seen * share / (1 - share))), max(budget, 3))
+        share = rng.uniform(0.5, 0.8)
+        k = max(3, round(seen * share / (1 - share)))
+        if chosen and k > 1.3 * budget:
+            continue  # too busy for what is left of the budget; a smaller share would not stand out
         day = rng.integers(first_day, first_day + dur, k)
         ts = world.start_ms + day * DAY_MS + rng.choice(24, k, p=world.hour_p[0]) * HOUR_MS
         ts = ts + rng.integers(0, HOUR_MS, k)

@@ -1,0 +1,1 @@
+"""Load testing: realistic payloads, Locust scenarios with SLO verdicts, and the side-by-side benchmark."""

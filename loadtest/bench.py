@@ -1,0 +1,212 @@
+"""`python -m loadtest.bench [--quick] --out bench.json`: graph, baseline and compute floor in one run.
+
+Each server runs alone while it is measured (the other is stopped), against the same Redis, the same bundle
+and the same load generator (loadtest.httpload, in this process). Per target: latency at one client, the
+highest open-loop rate whose p99 stays under the SLO, and batch-endpoint throughput (256 per call), with
+CPU and memory of the server's process tree. Only 127.0.0.1 targets; every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from loadtest.bench_measure import BenchPlan, HttpBench, measure_floor
+from loadtest.bench_targets import ServerProcess, TargetStartError, baseline_server, graph_server
+from loadtest.httpload import HttpLoadError, Target
+from loadtest.payloads import population_from_generator
+from loadtest.pipeline import load_serving_bundle
+from loadtest.procstats import server_roots
+from serve_app.redis_server import EmbeddedRedis, free_port
+
+BENCH_KEY = "bench-key"  # a throw-away key for servers this run starts itself
+
+
+def _run_async(coro: Any) -> Any:
+    try:
+        import uvloop  # the generator's event loop should cost as little as possible
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def _measure_server(
+    name: str, server: ServerProcess | None, url: str, plan: BenchPlan, api_key: str, ready_s: float
+) -> dict[str, Any]:
+    """Start (unless already running), measure, stop; a failure to start is reported, not raised."""
+    started_here = server is not None
+    try:
+        if server is not None:
+            t0 = time.monotonic()
+            server.start(ready_timeout_s=ready_s)
+            print(f"[{name}] ready in {time.monotonic() - t0:.0f} s at {url}", flush=True)
+        port = urlsplit(url).port or 80
+        roots = [server.pid] if server is not None else server_roots(port)
+        bench = HttpBench(name, Target.from_url(url), api_key, plan, roots)
+        return _run_async(bench.run())
+    except (TargetStartError, HttpLoadError) as exc:
+        print(f"[{name}] skipped: {exc}", file=sys.stderr, flush=True)
+        return {"error": str(exc)}
+    finally:
+        if started_here and server is not None:
+            server.stop()
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def _get(result: dict[str, Any], *path: str) -> float | None:
+    node: Any = result
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node) if isinstance(node, int | float) else None
+
+
+def summarize(targets: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    g, b, f = targets.get("graph", {}), targets.get("baseline", {}), targets.get("floor", {})
+    return {
+        "graph_over_baseline_max_rate": _ratio(_get(g, "max_rate", "rate"), _get(b, "max_rate", "rate")),
+        "graph_over_baseline_batch": _ratio(_get(g, "batch", "tx_per_s"), _get(b, "batch", "tx_per_s")),
+        "graph_batch_over_floor": _ratio(_get(g, "batch", "tx_per_s"), _get(f, "batch", "tx_per_s")),
+        "baseline_batch_over_floor": _ratio(_get(b, "batch", "tx_per_s"), _get(f, "batch", "tx_per_s")),
+    }
+
+
+def _cell(value: float | None, fmt: str = "{:.0f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def table(targets: dict[str, dict[str, Any]], ratios: dict[str, float | None]) -> str:
+    names = [n for n in ("graph", "baseline", "floor") if n in targets]
+    rows = [
+        ("max rate, p99 < SLO (req/s)", ("max_rate", "rate"), "{:.0f}"),
+        ("  p50 / p99 at that rate (ms)", None, ""),
+        ("one client p50 (ms)", ("single_client", "p50_ms"), "{:.1f}"),
+        ("one client p99 (ms)", ("single_client", "p99_ms"), "{:.1f}"),
+        ("batch of 256 (tx/s)", ("batch", "tx_per_s"), "{:.0f}"),
+        ("batch p99 per call (ms)", ("batch", "p99_ms"), "{:.0f}"),
+        ("server CPU at max rate (cores)", ("max_rate", "server_cpu_cores"), "{:.2f}"),
+        ("server RSS at max rate (MB)", ("max_rate", "server_rss_mb"), "{:.0f}"),
+        ("generator CPU at max rate (cores)", ("max_rate", "generator_cpu_cores"), "{:.2f}"),
+    ]
+    lines = [f"{'':36}" + "".join(f"{n:>14}" for n in names)]
+    for label, path, fmt in rows:
+        if path is None:
+            cells = [
+                f"{_cell(_get(targets[n], 'max_rate', 'p50_ms'), '{:.1f}')} / "
+                f"{_cell(_get(targets[n], 'max_rate', 'p99_ms'), '{:.1f}')}"
+                for n in names
+            ]
+        else:
+            cells = [_cell(_get(targets[n], *path), fmt) for n in names]
+        lines.append(f"{label:36}" + "".join(f"{c:>14}" for c in cells))
+    lines.append("")
+    lines.extend(f"{k:36}{_cell(v, '{:.2f}x'):>14}" for k, v in ratios.items())
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="a few seconds per step (CI smoke, development)")
+    p.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON results")
+    p.add_argument("--graph-url", help="measure an already running graph instead of starting one")
+    p.add_argument("--redis-url", help="use this Redis instead of starting an embedded one")
+    p.add_argument("--bundle-dir", type=Path, help="bundle for baseline and floor (default: the registry's)")
+    p.add_argument("--api-key", help="X-API-Key for --graph-url (servers started here get their own)")
+    p.add_argument("--only", choices=("graph", "baseline", "floor"), action="append", help="repeatable")
+    p.add_argument("--slo-p99-ms", type=float, default=100.0, help="p99 bound for the max-rate search")
+    p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds a server may take to start")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.graph_url:
+        try:
+            Target.from_url(args.graph_url)
+        except HttpLoadError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    plan = BenchPlan.quick(args.slo_p99_ms) if args.quick else BenchPlan.full(args.slo_p99_ms)
+    only = set(args.only or ("graph", "baseline", "floor"))
+    population_from_generator()  # build once, before anything is timed
+    started = datetime.now(UTC).isoformat()
+    load_before = os.getloadavg()  # other work on the machine skews every number: recorded with them
+    targets: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="fraud-bench-") as tmp:
+        work = Path(tmp)
+        redis = None if args.redis_url else EmbeddedRedis(directory=work / "redis").start()
+        redis_url = args.redis_url or (redis.url if redis else "")
+        try:
+            if "floor" in only:
+                print("[floor] in-process compute floor", flush=True)
+                bundle = load_serving_bundle(args.bundle_dir)
+                redis_pids = [redis.process.pid] if redis and redis.process else []
+                targets["floor"] = measure_floor(bundle, redis_url, plan, redis_pids)
+            if "baseline" in only:
+                port = free_port()
+                server = baseline_server(port, redis_url, work, BENCH_KEY, args.bundle_dir)
+                targets["baseline"] = _measure_server(
+                    "baseline", server, server.base_url, plan, BENCH_KEY, args.ready_timeout
+                )
+            if "graph" in only:
+                if args.graph_url:
+                    key = args.api_key or BENCH_KEY
+                    targets["graph"] = _measure_server("graph", None, args.graph_url, plan, key, 0)
+                else:
+                    port = free_port()
+                    server = graph_server(port, redis_url, work, BENCH_KEY)
+                    targets["graph"] = _measure_server(
+                        "graph", server, server.base_url, plan, BENCH_KEY, args.ready_timeout
+                    )
+                    if "error" in targets["graph"]:
+                        targets["graph"]["log_tail"] = _tail(work / "graph.log")
+        finally:
+            if redis is not None:
+                redis.stop()
+    ratios = summarize(targets)
+    load_after = os.getloadavg()
+    result = {
+        "started_at": started,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_before": load_before,
+            "load_avg_after": load_after,
+        },
+        "plan": plan.as_dict(),
+        "targets": targets,
+        "ratios": ratios,
+    }
+    args.out.write_text(json.dumps(result, indent=2, default=float))
+    print()
+    print(table(targets, ratios))
+    print(f"\nload average before/after: {load_before} / {load_after}")
+    print(f"wrote {args.out}")
+    return 0 if all("error" not in t for t in targets.values()) else 1
+
+
+def _tail(path: Path, lines: int = 20) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

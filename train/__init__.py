@@ -1,0 +1,1 @@
+"""Offline path: data generation, loading, features, training and registration."""
