@@ -17,9 +17,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from loadtest.httpload import HttpLoadError, Target
-from loadtest.locustfile import API_KEY_ENV, RUN_TOKEN_ENV, SCENARIO_ENV, SEED_ENV, api_key
 from loadtest.payloads import new_run_token
 from loadtest.procstats import ProcessTreeSampler, Usage, server_roots
+from loadtest.runenv import API_KEY_ENV, RUN_TOKEN_ENV, SCENARIO_ENV, SEED_ENV, api_key
 from loadtest.slo import DEFAULT_CONFIG, SCENARIOS, ConfigError, judge, load_config, read_stats_csv
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"

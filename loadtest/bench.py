@@ -16,6 +16,7 @@ import platform
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from loadtest.httpload import HttpLoadError, Target
 from loadtest.payloads import population_from_generator
 from loadtest.pipeline import load_serving_bundle
 from loadtest.procstats import server_roots
+from serve_app.bundle import ModelBundle
 from serve_app.redis_server import EmbeddedRedis, free_port
 
 BENCH_KEY = "bench-key"  # a throw-away key for servers this run starts itself
@@ -40,6 +42,18 @@ def _run_async(coro: Any) -> Any:
         return uvloop.run(coro)
     except ImportError:
         return asyncio.run(coro)
+
+
+def _load_bundle(bundle_dir: Path | None) -> ModelBundle | None:
+    try:
+        return load_serving_bundle(bundle_dir)
+    except Exception as exc:  # no champion yet, a bad directory: say what to do, not a traceback
+        print(
+            f"error: cannot load the bundle ({type(exc).__name__}: {exc}); run `make train` first "
+            "or pass --bundle-dir",
+            file=sys.stderr,
+        )
+        return None
 
 
 def _measure_server(
@@ -55,13 +69,23 @@ def _measure_server(
         port = urlsplit(url).port or 80
         roots = [server.pid] if server is not None else server_roots(port)
         bench = HttpBench(name, Target.from_url(url), api_key, plan, roots)
-        return _run_async(bench.run())
+        return {"model_version": _served_version(url), **_run_async(bench.run())}
     except (TargetStartError, HttpLoadError) as exc:
         print(f"[{name}] skipped: {exc}", file=sys.stderr, flush=True)
         return {"error": str(exc)}
     finally:
         if started_here and server is not None:
             server.stop()
+
+
+def _served_version(url: str) -> str | None:
+    """The model version the server says it serves (its /readyz), so a reader can see all served one."""
+    try:
+        with urllib.request.urlopen(url + "/readyz", timeout=5) as resp:  # noqa: S310 - 127.0.0.1 only
+            version = json.loads(resp.read()).get("model_version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(version) if version is not None else None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -144,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     plan = BenchPlan.quick(args.slo_p99_ms) if args.quick else BenchPlan.full(args.slo_p99_ms)
     only = set(args.only or ("graph", "baseline", "floor"))
+    bundle = _load_bundle(args.bundle_dir) if only & {"floor", "baseline"} else None
+    if bundle is None and only & {"floor", "baseline"}:
+        return 2
     population_from_generator()  # build once, before anything is timed
     started = datetime.now(UTC).isoformat()
     load_before = os.getloadavg()  # other work on the machine skews every number: recorded with them
@@ -155,9 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if "floor" in only:
                 print("[floor] in-process compute floor", flush=True)
-                bundle = load_serving_bundle(args.bundle_dir)
+                assert bundle is not None
                 redis_pids = [redis.process.pid] if redis and redis.process else []
-                targets["floor"] = measure_floor(bundle, redis_url, plan, redis_pids)
+                targets["floor"] = {
+                    "model_version": bundle.version,
+                    **measure_floor(bundle, redis_url, plan, redis_pids),
+                }
             if "baseline" in only:
                 port = free_port()
                 server = baseline_server(port, redis_url, work, BENCH_KEY, args.bundle_dir)

@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import yaml
+
+from serve_app.redis_server import free_port
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -110,17 +114,19 @@ def baseline_server(
     )
 
 
-def graph_server(port: int, redis_url: str, log_dir: Path, api_key: str) -> ServerProcess:
-    """The product's own start-up (`python -m serve_app.run`), on a free port with the bench's Redis."""
+def graph_server(port: int, redis_url: str, work_dir: Path, api_key: str) -> ServerProcess:
+    """The product's own start-up (`python -m serve_app.run`) with serve_config.yaml as shipped, except
+    for the HTTP port (a free one) and the dashboard port; the bench's Redis; never trains."""
+    raw = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text(encoding="utf-8"))
+    raw["http_options"]["host"], raw["http_options"]["port"] = "127.0.0.1", port
+    config = work_dir / "serve_config.yaml"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    command = [sys.executable, "-m", "serve_app.run", "--config", str(config), "--no-train"]
+    command += ["--dashboard-port", str(free_port())]
     return ServerProcess(
         name="graph",
-        command=[sys.executable, "-m", "serve_app.run"],
+        command=command,
         base_url=f"http://127.0.0.1:{port}",
-        log_path=log_dir / "graph.log",
-        env={
-            "FRAUD_API_KEYS": api_key,
-            "FRAUD_REDIS_URL": redis_url,
-            "FRAUD_HTTP_PORT": str(port),
-            "FRAUD_HTTP_HOST": "127.0.0.1",
-        },
+        log_path=work_dir / "graph.log",
+        env={"FRAUD_API_KEYS": api_key, "FRAUD_REDIS_URL": redis_url},
     )

@@ -20,21 +20,14 @@ from locust import FastHttpUser, LoadTestShape, User, between, events, task
 from locust.env import Environment
 
 from loadtest.payloads import PayloadFactory, Population, fraud_burst, population_from_generator
+from loadtest.runenv import RUN_TOKEN_ENV, SCENARIO_ENV, SEED_ENV, api_key, selected_scenario
 from loadtest.slo import ScenarioConfig, load_config
 
-SCENARIO_ENV = "FRAUD_LOADTEST_SCENARIO"
-API_KEY_ENV = "FRAUD_LOADTEST_API_KEY"  # falls back to the first of FRAUD_API_KEYS
-SEED_ENV = "FRAUD_LOADTEST_SEED"
-RUN_TOKEN_ENV = "FRAUD_LOADTEST_RUN_TOKEN"  # noqa: S105 - a variable name, not a secret
 SCORE_PATH = "/v1/score"
 BATCH_PATH = "/v1/score/batch"
 
 _stream_numbers = itertools.count()
 burst_decisions: Counter[str] = Counter()  # decisions on burst transactions, printed when the test stops
-
-
-def selected_scenario() -> str:
-    return os.environ.get(SCENARIO_ENV, "steady").strip() or "steady"
 
 
 @functools.cache
@@ -45,13 +38,6 @@ def scenario_config(name: str) -> ScenarioConfig:
 @functools.cache
 def population() -> Population:
     return population_from_generator()
-
-
-def api_key() -> str:
-    key = os.environ.get(API_KEY_ENV, "")
-    if not key:
-        key = next((k.strip() for k in os.environ.get("FRAUD_API_KEYS", "").split(",") if k.strip()), "")
-    return key
 
 
 @events.init.add_listener

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from loadtest.replay import (
+from loadtest.replay_http import Payload, ReplayClient, ScoredRow, TransactionPayloads
+from loadtest.replay_schedule import (
     Bounds,
     Entities,
     LabelFeed,
@@ -20,7 +21,6 @@ from loadtest.replay import (
     label_release_counts,
     plan_batches,
 )
-from loadtest.replay_http import Payload, ReplayClient, ScoredRow, TransactionPayloads
 from serve_app.schemas import MAX_BATCH
 
 

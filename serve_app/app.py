@@ -10,7 +10,13 @@ from ray.serve import Application, Deployment
 
 from serve_app.feature_fetcher import FeatureFetcher
 from serve_app.ingress import Ingress
-from serve_app.models import LogisticRegressionModel, RegistryLoader, XGBoostModel
+from serve_app.models import (
+    BundleLoader,
+    DirectoryLoader,
+    LogisticRegressionModel,
+    RegistryLoader,
+    XGBoostModel,
+)
 from serve_app.rules import RuleEngine, RuleSet
 from serve_app.schemas import ID_PATTERN
 
@@ -28,6 +34,9 @@ class AppArgs(BaseModel):
         None, description="None: MLFLOW_TRACKING_URI, else FRAUD_DATA_DIR/mlflow.db"
     )
     model_cache_dir: str | None = Field(None, description="None: FRAUD_DATA_DIR/model_cache")
+    bundle_dir: str | None = Field(
+        None, description="Serve this save_bundle directory instead of the registry (air-gapped, tests)"
+    )
     rules_path: str = Field(
         "configs/rules.yaml", min_length=1, description="Relative to the working directory"
     )
@@ -62,7 +71,11 @@ def build_app(args: dict[str, Any]) -> Application:
     """
     config = AppArgs.model_validate(args)
     rules = RuleSet.from_yaml(resolve_rules_path(config.rules_path))
-    loader = RegistryLoader(config.model_name, config.tracking_uri, config.model_cache_dir)
+    loader: BundleLoader = (
+        DirectoryLoader(config.bundle_dir)
+        if config.bundle_dir
+        else RegistryLoader(config.model_name, config.tracking_uri, config.model_cache_dir)
+    )
     fetcher = _deployment(FeatureFetcher).bind(
         config.redis_url, config.store_timeout_s, config.breaker_failures, config.breaker_reset_s
     )

@@ -1,4 +1,4 @@
-"""The model bundle: LR coefficients + an XGBoost UBJ booster + ensemble/decision data, saved without pickle."""
+"""The model bundle: LR coefficients, an XGBoost UBJ booster, ensemble and decision data; never pickled."""
 
 from __future__ import annotations
 
@@ -95,7 +95,9 @@ class TreeModel:
     def contributions(self, x: npt.ArrayLike) -> FloatArray:
         """(n, F) SHAP log-odds contributions (the bias column dropped)."""
         matrix = _as_matrix(x, self.n_features)
-        contribs = self.booster.predict(xgb.DMatrix(matrix), pred_contribs=True)
+        # The booster remembers the training feature names and refuses an unnamed DMatrix.
+        dmatrix = xgb.DMatrix(matrix, feature_names=self.booster.feature_names, nthread=1)
+        contribs = self.booster.predict(dmatrix, pred_contribs=True)
         return np.asarray(contribs, dtype=np.float64)[:, :-1]
 
 
@@ -270,7 +272,9 @@ def load_bundle(directory: Path, version: str = "local") -> ModelBundle:
     except xgb.core.XGBoostError as exc:
         raise BundleError(f"{xgb_path} is not a loadable XGBoost model: {exc}") from None
     if tree.n_features != len(FEATURE_NAMES):
-        raise BundleError(f"{xgb_path} expects {tree.n_features} features, the contract has {len(FEATURE_NAMES)}")
+        raise BundleError(
+            f"{xgb_path} expects {tree.n_features} features, the contract has {len(FEATURE_NAMES)}"
+        )
     return ModelBundle(
         version=version,
         feature_names=tuple(spec.feature_names),

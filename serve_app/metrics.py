@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import Counter as Tally
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ METRIC_NAMES: tuple[str, ...] = (
 # Bucket edges. Ray requires strictly positive boundaries; values below the first edge land in it.
 PROBABILITY_BUCKETS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99]
 BATCH_SIZE_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0]
+# Well under Ray's gauge retention (2 x metrics_report_interval_ms, 10 s by default).
+MODEL_INFO_REFRESH_S = 5.0
 STORE_LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
 
 
@@ -107,6 +110,7 @@ class _Registry:
         self.store_errors = ray_metrics.Counter(STORE_ERRORS, "Feature-store calls that failed")
         self.labels = ray_metrics.Counter(LABELS, "Feedback labels received", tag_keys=("label",))
         self.current_version: str | None = None
+        self.refresher: threading.Thread | None = None
 
 
 _lock = threading.Lock()
@@ -209,7 +213,24 @@ def _set_version(registry: _Registry, version: str) -> None:
         return
     with _lock:
         previous, registry.current_version = registry.current_version, version
-    # The old series cannot be deleted from Ray's exporter, so it is zeroed: `== 1` finds what is served.
+        start_refresher = registry.refresher is None
+        if start_refresher:
+            registry.refresher = threading.Thread(
+                target=_refresh_model_info, args=(registry,), name="fraud-model-info", daemon=True
+            )
+    # Zeroed rather than left to age out, so dashboards switch at the next export, not ~2 intervals later.
     if previous is not None:
         registry.model_info.set(0, tags={"version": previous})
     registry.model_info.set(1, tags={"version": version})
+    if start_refresher and registry.refresher is not None:
+        registry.refresher.start()
+
+
+def _refresh_model_info(registry: _Registry) -> None:
+    """Re-set the info gauge periodically: Ray drops a gauge series that was not set for ~2 export intervals,
+    so an idle replica would otherwise vanish from "which version is served"."""
+    while True:
+        time.sleep(MODEL_INFO_REFRESH_S)
+        version = registry.current_version
+        if version is not None:
+            registry.model_info.set(1, tags={"version": version})

@@ -38,7 +38,12 @@ def at_threshold(y: npt.ArrayLike, p: npt.ArrayLike, threshold: float) -> dict[s
     precision = tp / n_flagged if n_flagged else float("nan")
     recall = tp / n_pos if n_pos else float("nan")
     f1 = 2 * tp / (n_flagged + n_pos) if n_flagged + n_pos else float("nan")
-    return {"precision": precision, "recall": recall, "f1": f1, "flagged_rate": n_flagged / max(len(truth), 1)}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "flagged_rate": n_flagged / max(len(truth), 1),
+    }
 
 
 def recall_at_fpr(y: npt.ArrayLike, p: npt.ArrayLike, max_fpr: float = 0.01) -> float:
@@ -66,7 +71,9 @@ def card_precision_at_k(
             "fraud": np.asarray(y).astype(np.int64),
         }
     )
-    per_card = frame.groupby(["day", "customer"], sort=False).agg(score=("score", "max"), fraud=("fraud", "max"))
+    per_card = frame.groupby(["day", "customer"], sort=False).agg(
+        score=("score", "max"), fraud=("fraud", "max")
+    )
     per_card = per_card.reset_index().sort_values(
         ["day", "score", "customer"], ascending=[True, False, True], kind="mergesort"
     )

@@ -50,14 +50,14 @@ class FitConfig(BaseModel):
         "balanced", description="'balanced', None (unweighted) or the weight of a fraud row"
     )
     xgb_max_depth: int = Field(6, ge=1, le=16)
-    xgb_learning_rate: float = Field(0.1, gt=0, le=1)
+    xgb_learning_rate: float = Field(0.2, gt=0, le=1)
     xgb_min_child_weight: float = Field(1.0, ge=0)
     xgb_subsample: float = Field(0.8, gt=0, le=1)
     xgb_colsample_bytree: float = Field(0.8, gt=0, le=1)
     xgb_reg_lambda: float = Field(1.0, ge=0)
     xgb_scale_pos_weight_multiplier: float = Field(1.0, gt=0, description="Times the neg/pos ratio")
-    xgb_max_rounds: int = Field(600, ge=1)
-    xgb_early_stopping_rounds: int = Field(40, ge=1)
+    xgb_max_rounds: int = Field(400, ge=1)
+    xgb_early_stopping_rounds: int = Field(30, ge=1)
     nthread: int = Field(2, ge=1)
     seed: int = 0
 

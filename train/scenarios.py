@@ -176,7 +176,7 @@ def account_takeover(world: World, typical: FloatArray, active: IntArray, n_even
     sizes = rng.integers(2, 7, n_events)
     event, _ = _event_index(sizes)
     t0 = _event_starts(world, n_events, rng, 2 * DAY_MS)
-    ts = t0[event] + _offsets(sizes, rng.uniform(1.0, 8.0, n_events) * HOUR_MS, rng)
+    ts = t0[event] + _offsets(sizes, rng.uniform(0.5, 5.0, n_events) * HOUR_MS, rng)
     c = cust[event]
     online = rng.random(len(event)) < 0.7
     merch = world.pick_in_city(world.c_city[c], _HIGH_TICKET, rng, world.merchants(_HIGH_TICKET, (ONLINE,)))
@@ -193,7 +193,7 @@ def compromised_merchant(
     located = located[np.isin(world.m_city[located], world.home_cities)]
     traffic = np.bincount(genuine.merchant, minlength=len(world.m_cat))[located]
     # Busy (not the busiest) terminals: the fraud hides among plenty of normal payments.
-    lo_t, hi_t = np.quantile(traffic, [0.4, 0.9])
+    lo_t, hi_t = np.quantile(traffic, [0.3, 0.8])
     candidates = rng.permutation(located[(traffic >= lo_t) & (traffic <= hi_t)])
     parts: list[Rows] = []
     chosen: list[int] = []

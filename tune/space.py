@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import types
+from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get_origin
 
@@ -19,6 +22,7 @@ from pydantic import (
 from ray import tune
 
 from train.fit import FitConfig
+from train.pipeline import to_utc
 
 Scalar = float | int | str | bool | None
 SearchAlgName = Literal["random", "grid", "optuna", "hyperopt"]
@@ -217,7 +221,9 @@ class SearchAlgConfig(_Strict):
 class PromotionConfig(_Strict):
     enabled: bool = True
     margin: float = Field(0.005, ge=0, le=1, description="PR-AUC gain the challenger must show")
-    holdout_days: float = Field(7.0, gt=0, description="Most recent days kept out of the search")
+    holdout_days: float | None = Field(
+        None, gt=0, description="Latest days to compare on; null: all days after both training windows"
+    )
 
 
 class TuneJobConfig(_Strict):
@@ -228,14 +234,34 @@ class TuneJobConfig(_Strict):
     num_samples: int = Field(16, ge=1)
     max_concurrent: int | None = Field(None, ge=1, description="Unset: as many trials as the CPUs hold")
     cpus_per_trial: float | Literal["auto"] = "auto"
-    validation_fraction: float = Field(0.2, gt=0, lt=0.8, description="Latest share of the search window")
+    train_from: str | None = Field(None, description="As `python -m train --train-from`; null: the first day")
+    train_until: str | None = Field(
+        None, description="As `python -m train --train-until`; null: the last 20 % of days are held out"
+    )
+    label_delay_days: float | None = Field(None, ge=0, description="null: FRAUD_LABEL_DELAY_DAYS")
     report_every: int = Field(10, ge=1, description="Boosting rounds between two reports to Tune")
     early_stopping_rounds: int = Field(40, ge=1)
     seed: int = 0
+    time_budget_s: float | None = Field(None, gt=0, description="Wall-clock limit of the search")
     scheduler: SchedulerConfig = SchedulerConfig()
     search_alg: SearchAlgConfig = SearchAlgConfig()
     spaces: Spaces = Spaces()
     promotion: PromotionConfig = PromotionConfig()
+
+    @field_validator("train_from", "train_until", mode="before")
+    @classmethod
+    def _a_time(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        # YAML reads an unquoted 2026-02-20 as a date; keep it as the text `python -m train` would get.
+        text = value.isoformat() if isinstance(value, date | datetime) else value
+        if not isinstance(text, str):
+            raise ValueError(f"must be a date or RFC 3339 time, got {value!r}")
+        try:
+            to_utc(text)
+        except ValueError:
+            raise ValueError(f"must be a date or RFC 3339 time, got {value!r}") from None
+        return text
 
     @field_validator("cpus_per_trial", mode="before")
     @classmethod
@@ -259,6 +285,33 @@ class TuneJobConfig(_Strict):
                 f"search_alg.name 'grid' needs `type: grid` or constants only; sampled: {sampled}"
             )
         return self
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """How a search occupies the cluster: CPUs reserved per trial, trials at once, XGBoost threads."""
+
+    cpus_per_trial: float
+    max_concurrent: int
+    nthread: int
+
+
+def plan_resources(config: TuneJobConfig, cluster_cpus: float) -> ResourcePlan:
+    """Resolve `auto`: the concurrent trials share the whole cluster (1 CPU each on 2 cores, several
+    each on a big node); an explicit (possibly fractional) reservation runs as many trials as fit."""
+    if cluster_cpus <= 0:
+        raise ValueError(f"the Ray cluster has no CPUs ({cluster_cpus})")
+    if config.cpus_per_trial == "auto":
+        concurrent = min(config.num_samples, config.max_concurrent or max(1, int(cluster_cpus)))
+        share = cluster_cpus / concurrent
+        # Whole CPUs when there are enough; a fraction (Ray accepts 0.01 steps) when trials outnumber CPUs.
+        cpus = float(math.floor(share)) if share >= 1 else math.floor(share * 100) / 100
+    else:
+        cpus = float(config.cpus_per_trial)
+        fits = max(1, int(cluster_cpus // cpus))
+        concurrent = min(config.num_samples, config.max_concurrent or fits)
+    # Threads beyond the reservation would steal CPU from the neighbouring trials.
+    return ResourcePlan(cpus_per_trial=cpus, max_concurrent=concurrent, nthread=max(1, int(cpus)))
 
 
 def _format_error(exc: ValidationError, source: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -127,37 +128,61 @@ class _Timeline:
 
 
 class _GroupedEvents:
-    """Events sorted by (group, time, transaction_id rank); answers half-open window bounds per query."""
+    """Events sorted by (group, time[, tie rank]), as one int64 key array to binary-search."""
 
-    def __init__(self, timeline: _Timeline, group: IntArray, time: IntArray, tie_rank: IntArray) -> None:
+    def __init__(
+        self, timeline: _Timeline, group: IntArray, time: IntArray, tie_rank: IntArray | None = None
+    ) -> None:
+        keys = timeline.key(group, time)
+        self.order = np.argsort(keys, kind="stable") if tie_rank is None else np.lexsort((tie_rank, keys))
+        self.keys = keys[self.order]
+
+
+class _Queries:
+    """Query rows sorted by (group, t): needles in ascending order keep every binary search cache-warm
+    (several times faster than random needles); results are scattered back to the frame's row order."""
+
+    def __init__(self, timeline: _Timeline, group: IntArray, t: IntArray) -> None:
         self.timeline = timeline
-        self.order = np.lexsort((tie_rank, time, group))
-        self.sorted_time = time[self.order]
-        self.keys = timeline.key(group[self.order], self.sorted_time)
+        self.order = np.argsort(timeline.key(group, t), kind="stable")
+        self.group = group[self.order]
+        self.t = t[self.order]
 
-    def bounds(self, group: IntArray, lo_time: IntArray, hi_time: IntArray) -> tuple[IntArray, IntArray]:
-        """Index range [lo, hi) in sorted order of the group's events with lo_time <= time < hi_time."""
-        lo = np.searchsorted(self.keys, self.timeline.key(group, lo_time), side="left")
-        hi = np.searchsorted(self.keys, self.timeline.key(group, hi_time), side="left")
+    def bounds(self, events: _GroupedEvents, width: int) -> tuple[IntArray, IntArray]:
+        """Sorted-order index range [lo, hi) of the events of each query's group in [t - width, t)."""
+        lo = np.searchsorted(events.keys, self.timeline.key(self.group, self.t - width), side="left")
+        hi = np.searchsorted(events.keys, self.timeline.key(self.group, self.t), side="left")
         return lo.astype(np.int64), hi.astype(np.int64)
 
-    def counts(self, group: IntArray, t: IntArray, windows: Mapping[str, int]) -> dict[str, FloatArray]:
-        out: dict[str, FloatArray] = {}
-        for name, width in windows.items():
-            lo, hi = self.bounds(group, t - width, t)
-            out[name] = (hi - lo).astype(np.float64)
+    def scatter(self, values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        out = np.empty_like(values)
+        out[self.order] = values
         return out
 
+    def counts(self, events: _GroupedEvents, windows: Mapping[str, int]) -> dict[str, FloatArray]:
+        out: dict[str, FloatArray] = {}
+        for name, width in windows.items():
+            lo, hi = self.bounds(events, width)
+            out[name] = self.scatter((hi - lo).astype(np.float64))
+        return out
 
-def _most_recent(
-    events: _GroupedEvents, group: IntArray, t: IntArray
-) -> tuple[IntArray, npt.NDArray[np.bool_]]:
-    """Position (in the events' own row order) of each query's latest event in [t - 30 d, t), and if any."""
-    lo, hi = events.bounds(group, t - RETENTION_MS, t)
-    found = hi > lo
-    if not len(events.order):  # no events at all: nothing to point at, and nothing is found
-        return np.zeros_like(t), found
-    return events.order[np.where(found, hi - 1, 0)], found
+    def most_recent(self, events: _GroupedEvents) -> tuple[IntArray, npt.NDArray[np.bool_]]:
+        """Per query (row order): position in the events' input of its latest event in [t - 30 d, t)."""
+        lo, hi = self.bounds(events, RETENTION_MS)
+        found = hi > lo
+        if not len(events.order):  # no events at all: nothing to point at, and nothing is found
+            return np.zeros(len(found), dtype=np.int64), self.scatter(found)
+        return self.scatter(events.order[np.where(found, hi - 1, 0)]), self.scatter(found)
+
+
+def _tie_rank(group: IntArray, t: IntArray, txid: pd.Series) -> IntArray:
+    """Rank of transaction_id among events sharing (group, t), 0 elsewhere: sorting by it puts the larger id
+    (code-point order = UTF-8 byte order) last. Only ties are ranked, since sorting strings is slow."""
+    tied = pd.DataFrame({"g": group, "t": t}).duplicated(keep=False).to_numpy()
+    rank = np.zeros(len(group), dtype=np.int64)
+    if tied.any():
+        rank[tied] = pd.factorize(txid.iloc[np.flatnonzero(tied)].astype(str), sort=True)[0]
+    return rank
 
 
 def compute_raw_aggregates(df: pd.DataFrame, label_delay_ms: int) -> dict[str, FloatArray]:
@@ -181,51 +206,49 @@ def _raw_aggregates(df: pd.DataFrame, req: RequestColumns, label_delay_ms: int) 
     customer = _group_codes(df, "customer_id")
     merchant = _group_codes(df, "merchant_id")
     pair = pd.factorize(customer * (int(merchant.max()) + 1) + merchant)[0].astype(np.int64)
-    # Tie-break rank: sorting by it puts the larger transaction_id (code-point = UTF-8 byte order) last.
-    tx_rank = pd.factorize(df["transaction_id"].astype(str), sort=True)[0].astype(np.int64)
     is_fraud = fraud_mask(df)
     labelled_at = t + np.int64(label_delay_ms)
 
     all_times = np.concatenate([t, labelled_at[is_fraud]])
     n_groups = max(int(customer.max()), int(merchant.max()), int(pair.max())) + 1
     timeline = _Timeline.covering(all_times, n_groups)
+    by_customer_q = _Queries(timeline, customer, t)
+    by_merchant_q = _Queries(timeline, merchant, t)
     raw: dict[str, FloatArray] = {}
 
-    by_customer = _GroupedEvents(timeline, customer, t, tx_rank)
+    by_customer = _GroupedEvents(timeline, customer, t)
     # Longdouble prefix sums keep window sums within ~1e-12 of a direct sum even over millions of rows.
     prefix = np.concatenate([[0.0], np.cumsum(req.amount[by_customer.order].astype(np.longdouble))])
     for name, width in WINDOWS_MS.items():
-        lo, hi = by_customer.bounds(customer, t - width, t)
-        raw[f"cust_count_{name}"] = (hi - lo).astype(np.float64)
-        raw[f"cust_sum_{name}"] = (prefix[hi] - prefix[lo]).astype(np.float64)
+        lo, hi = by_customer_q.bounds(by_customer, width)
+        raw[f"cust_count_{name}"] = by_customer_q.scatter((hi - lo).astype(np.float64))
+        raw[f"cust_sum_{name}"] = by_customer_q.scatter((prefix[hi] - prefix[lo]).astype(np.float64))
 
-    last_row, has_last = _most_recent(by_customer, customer, t)
+    last_row, has_last = by_customer_q.most_recent(by_customer)
     raw["cust_last_ts_ms"] = np.where(has_last, t[last_row], np.nan)
 
     geo_rows = np.flatnonzero(np.isfinite(req.lat) & np.isfinite(req.lon))
-    geo_events = _GroupedEvents(timeline, customer[geo_rows], t[geo_rows], tx_rank[geo_rows])
-    geo_pos, has_geo = _most_recent(geo_events, customer, t)
+    geo_rank = _tie_rank(customer[geo_rows], t[geo_rows], df["transaction_id"].iloc[geo_rows])
+    geo_events = _GroupedEvents(timeline, customer[geo_rows], t[geo_rows], geo_rank)
+    geo_pos, has_geo = by_customer_q.most_recent(geo_events)
     geo_row = geo_rows[geo_pos] if len(geo_rows) else geo_pos
     raw["cust_prev_geo_ts_ms"] = np.where(has_geo, t[geo_row], np.nan)
     raw["cust_prev_lat"] = np.where(has_geo, req.lat[geo_row], np.nan)
     raw["cust_prev_lon"] = np.where(has_geo, req.lon[geo_row], np.nan)
 
-    by_pair = _GroupedEvents(timeline, pair, t, tx_rank)
-    raw["cust_merchant_count_30d"] = by_pair.counts(pair, t, {"30d": RETENTION_MS})["30d"]
+    by_pair = _GroupedEvents(timeline, pair, t)
+    visits = _Queries(timeline, pair, t).counts(by_pair, {"30d": RETENTION_MS})
+    raw["cust_merchant_count_30d"] = visits["30d"]
 
     fraud_rows = np.flatnonzero(is_fraud)
-    customer_labels = _GroupedEvents(
-        timeline, customer[fraud_rows], labelled_at[fraud_rows], tx_rank[fraud_rows]
-    )
-    raw["cust_fraud_labels_30d"] = customer_labels.counts(customer, t, {"30d": RETENTION_MS})["30d"]
+    customer_labels = _GroupedEvents(timeline, customer[fraud_rows], labelled_at[fraud_rows])
+    raw["cust_fraud_labels_30d"] = by_customer_q.counts(customer_labels, {"30d": RETENTION_MS})["30d"]
 
-    by_merchant = _GroupedEvents(timeline, merchant, t, tx_rank)
-    for name, count in by_merchant.counts(merchant, t, WINDOWS_MS).items():
+    by_merchant = _GroupedEvents(timeline, merchant, t)
+    for name, count in by_merchant_q.counts(by_merchant, WINDOWS_MS).items():
         raw[f"merch_count_{name}"] = count
-    merchant_labels = _GroupedEvents(
-        timeline, merchant[fraud_rows], labelled_at[fraud_rows], tx_rank[fraud_rows]
-    )
-    for name, count in merchant_labels.counts(merchant, t, LABEL_WINDOWS_MS).items():
+    merchant_labels = _GroupedEvents(timeline, merchant[fraud_rows], labelled_at[fraud_rows])
+    for name, count in by_merchant_q.counts(merchant_labels, LABEL_WINDOWS_MS).items():
         raw[f"merch_fraud_labels_{name}"] = count
 
     return {name: raw[name] for name in RAW_NAMES}

@@ -106,4 +106,9 @@ def test_product_metrics_appear_on_rays_prometheus_endpoint(ray_session: None, r
     old_key = ("ray_fraud_model_info", frozenset({("version", version)}))
     new_key = ("ray_fraud_model_info", frozenset({("version", next_version)}))
     _wait_for(ray_metrics_port, lambda s: s.get(new_key) == 1 and s.get(old_key) == 0)
+
+    # Ray forgets a gauge series not set for two export intervals (20 s by default); an idle replica must
+    # still say which version it serves.
+    time.sleep(25.0)
+    assert _scrape(ray_metrics_port).get(new_key) == 1
     ray.kill(recorder)

@@ -121,12 +121,14 @@ async def replay_online(redis_url: str, df: pd.DataFrame, events: Sequence[Store
 def assert_columns_equal(online: FloatArray, offline: FloatArray, names: Sequence[str]) -> None:
     """Every column equal within rtol = atol = 1e-6, NaN == NaN; the message lists what differs where."""
     close = np.isclose(online, offline, rtol=1e-6, atol=1e-6) | (np.isnan(online) & np.isnan(offline))
-    problems = [
-        f"{name}: {int((~close[:, j]).sum())} rows, e.g. row {i} online={online[i, j]!r} offline={offline[i, j]!r}"
-        for j, name in enumerate(names)
-        if not close[:, j].all()
-        for i in [int(np.flatnonzero(~close[:, j])[0])]
-    ]
+    problems = []
+    for j, name in enumerate(names):
+        wrong = np.flatnonzero(~close[:, j])
+        if len(wrong):
+            i = int(wrong[0])
+            problems.append(
+                f"{name}: {len(wrong)} rows, e.g. row {i}: online {online[i, j]!r}, offline {offline[i, j]!r}"
+            )
     assert not problems, "online != offline:\n" + "\n".join(problems)
 
 
@@ -176,8 +178,10 @@ def test_materialized_store_holds_the_offline_answers_and_starts_warm(
     write_transactions(stream, path)
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "train.materialize", "--data", str(path), "--redis-url", redis_url]
-        + ["--batch-size", "500", "--label-delay-days", str(LABEL_DELAY_MS / DAY_MS), "--quiet"],
+        [
+            *(sys.executable, "-m", "train.materialize", "--data", str(path), "--redis-url", redis_url),
+            *("--batch-size", "500", "--label-delay-days", str(LABEL_DELAY_MS / DAY_MS), "--quiet"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -11,11 +11,13 @@ from ray.tune.search.sample import Categorical, Float, Integer, LogUniform
 from train.fit import FitConfig
 from tune.space import (
     ConfigError,
+    ResourcePlan,
     TuneJobConfig,
     default_point,
     load_config,
     param_space,
     parse_config,
+    plan_resources,
 )
 
 REPO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "tune.yaml"
@@ -67,10 +69,12 @@ spaces:
     assert (depth.lower, depth.upper) == (3, 6)  # Tune's upper bound is exclusive, the YAML's inclusive
     assert {depth.sample() for _ in range(200)} == {3, 4, 5}
     eta = space["xgb_learning_rate"]
-    assert isinstance(eta, Float) and isinstance(eta.get_sampler(), LogUniform)
+    assert isinstance(eta, Float)
+    assert isinstance(eta.get_sampler(), LogUniform)
     assert space["xgb_subsample"] == 0.9  # a bare scalar is a constant
     weights = space["lr_class_weight"]
-    assert isinstance(weights, Categorical) and weights.categories == ["balanced", None, 25.0]
+    assert isinstance(weights, Categorical)
+    assert weights.categories == ["balanced", None, 25.0]
     assert "lr_c" not in space  # not mentioned: FitConfig's default applies
     for _ in range(20):
         FitConfig(**{k: v.sample() if hasattr(v, "sample") else v for k, v in space.items()})
@@ -78,7 +82,10 @@ spaces:
 
 def test_grid_values_become_a_grid_search() -> None:
     config = parse_config(
-        {"search_alg": {"name": "grid"}, **_space(max_depth={"type": "grid", "values": [4, 6]}, subsample=0.7)}
+        {
+            "search_alg": {"name": "grid"},
+            **_space(max_depth={"type": "grid", "values": [4, 6]}, subsample=0.7),
+        }
     )
     assert param_space(config.spaces)["xgb_max_depth"] == {"grid_search": [4, 6]}
 
@@ -105,8 +112,16 @@ def test_default_point_is_fit_config_defaults_clipped_into_the_space() -> None:
         (_space(max_depth={"type": "int", "low": 6, "high": 3}), "spaces.xgboost.max_depth", "below high"),
         (_space(max_depth={"type": "normal", "mu": 6}), "spaces.xgboost.max_depth", "'normal'"),
         (_space(depth=3), "spaces.xgboost.depth", "Extra inputs"),
-        (_space(learning_rate={"type": "float", "low": 0.0, "high": 0.3, "log": True}), "learning_rate", "low > 0"),
-        ({"spaces": {"lr": {"class_weight": {"type": "choice", "values": ["bal"]}}}}, "class_weight", "'bal'"),
+        (
+            _space(learning_rate={"type": "float", "low": 0.0, "high": 0.3, "log": True}),
+            "learning_rate",
+            "low > 0",
+        ),
+        (
+            {"spaces": {"lr": {"class_weight": {"type": "choice", "values": ["bal"]}}}},
+            "class_weight",
+            "'bal'",
+        ),
         ({"num_samples": 0}, "num_samples", "greater than or equal to 1"),
         ({"cpus_per_trial": "lots"}, "cpus_per_trial", "'auto' or a positive number"),
         ({"scheduler": {"grace_period": 100, "max_t": 10}}, "scheduler", "must not exceed max_t"),
@@ -147,3 +162,21 @@ def test_empty_file_means_all_defaults(tmp_path: Path) -> None:
     empty = tmp_path / "empty.yaml"
     empty.write_text("", encoding="utf-8")
     assert load_config(empty) == TuneJobConfig()
+
+
+@pytest.mark.parametrize(
+    ("settings", "cluster_cpus", "expected"),
+    [
+        ({}, 2, ResourcePlan(cpus_per_trial=1.0, max_concurrent=2, nthread=1)),
+        ({}, 64, ResourcePlan(cpus_per_trial=4.0, max_concurrent=16, nthread=4)),
+        ({"num_samples": 4}, 64, ResourcePlan(cpus_per_trial=16.0, max_concurrent=4, nthread=16)),
+        ({"max_concurrent": 4}, 2, ResourcePlan(cpus_per_trial=0.5, max_concurrent=4, nthread=1)),
+        ({"cpus_per_trial": 0.5}, 2, ResourcePlan(cpus_per_trial=0.5, max_concurrent=4, nthread=1)),
+        ({"cpus_per_trial": 2, "max_concurrent": 3}, 16, ResourcePlan(2.0, 3, 2)),
+        ({"num_samples": 1, "cpus_per_trial": 0.5}, 8, ResourcePlan(0.5, 1, 1)),
+    ],
+)
+def test_resource_plan_shares_the_cluster(
+    settings: dict[str, Any], cluster_cpus: float, expected: ResourcePlan
+) -> None:
+    assert plan_resources(parse_config(settings), cluster_cpus) == expected

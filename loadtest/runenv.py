@@ -1,0 +1,22 @@
+"""Environment variables through which `python -m loadtest` hands a run's settings to the Locust process."""
+
+from __future__ import annotations
+
+import os
+
+SCENARIO_ENV = "FRAUD_LOADTEST_SCENARIO"
+API_KEY_ENV = "FRAUD_LOADTEST_API_KEY"  # falls back to the first of FRAUD_API_KEYS
+SEED_ENV = "FRAUD_LOADTEST_SEED"
+RUN_TOKEN_ENV = "FRAUD_LOADTEST_RUN_TOKEN"  # noqa: S105 - a variable name, not a secret
+
+
+def selected_scenario() -> str:
+    return os.environ.get(SCENARIO_ENV, "steady").strip() or "steady"
+
+
+def api_key() -> str:
+    """The key to send: FRAUD_LOADTEST_API_KEY, else the first of the server-side FRAUD_API_KEYS."""
+    key = os.environ.get(API_KEY_ENV, "")
+    if not key:
+        key = next((k.strip() for k in os.environ.get("FRAUD_API_KEYS", "").split(",") if k.strip()), "")
+    return key

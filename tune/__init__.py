@@ -1,0 +1,1 @@
+"""Ray Tune hyper-parameter search for the fraud bundle, MLflow parent/child runs, and promotion."""

@@ -1,0 +1,124 @@
+"""The Ray Tune trainable: one train/fit.py bundle fit per trial on features shared through the object store.
+
+The objective `val_pr_auc` is the validation PR-AUC of what the trial would ship at that moment: while
+XGBoost boosts, XGBoost's own `aucpr` on the validation split every `report_every` rounds (free: XGBoost
+keeps the validation predictions cached), so ASHA can stop weak trials early; at the end, the calibrated
+LR + XGBoost ensemble's average precision (its LR weight may be 0, so it is the better of the two in
+practice). Stopped trials therefore never carry an ensemble score; the runner picks the best among the
+trials that finished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import xgboost as xgb
+from ray import tune
+
+from train.evaluate import at_threshold
+from train.fit import FitConfig, fit_bundle
+from train.pipeline import Splits
+
+FloatArray = npt.NDArray[np.float64]
+LabelArray = npt.NDArray[np.int8]
+METRIC = "val_pr_auc"
+TIME_ATTR = "boosting_round"
+FINAL_MARK = "pr_auc_ensemble"  # only the last report of a trial that finished carries this key
+_XGB_EVAL_NAME = "validation"  # the name train/fit.py gives its evaluation set
+_XGB_METRIC = "aucpr"
+
+
+@dataclass(frozen=True)
+class SearchData:
+    """Features computed once by the driver; `ray.put` (via tune.with_parameters) shares them zero-copy."""
+
+    x_train: FloatArray
+    y_train: LabelArray
+    x_val: FloatArray
+    y_val: LabelArray
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial shares besides its sampled hyper-parameters."""
+
+    nthread: int
+    report_every: int
+    early_stopping_rounds: int
+    seed: int
+
+
+def search_data(features: FloatArray, labels: npt.ArrayLike, splits: Splits) -> SearchData:
+    """The training and validation rows of train.pipeline's time-based split: the same rows the final
+    refit uses, so a trial's score is exactly the selected model's validation score. The holdout after
+    `splits.train_until` is never shown to a trial; promotion compares models on it."""
+    y = np.asarray(labels).astype(np.int8)
+    for name, mask in (("training", splits.train), ("validation", splits.validation)):
+        frauds = int(y[mask].sum())
+        if frauds == 0 or frauds == int(mask.sum()):
+            raise ValueError(
+                f"the {name} split has {int(mask.sum())} rows and {frauds} frauds; it needs both"
+            )
+    return SearchData(
+        x_train=np.ascontiguousarray(features[splits.train]),
+        y_train=y[splits.train],
+        x_val=np.ascontiguousarray(features[splits.validation]),
+        y_val=y[splits.validation],
+    )
+
+
+class TuneReportCallback(xgb.callback.TrainingCallback):
+    """Reports XGBoost's validation PR-AUC to Tune every `every` rounds (ASHA decides at those points)."""
+
+    def __init__(self, every: int) -> None:
+        super().__init__()
+        self.every = every
+        self.last_round = 0
+
+    def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict[str, Any]) -> bool:
+        self.last_round = epoch + 1
+        if self.last_round % self.every == 0:
+            score = float(evals_log[_XGB_EVAL_NAME][_XGB_METRIC][-1])
+            tune.report({METRIC: score, TIME_ATTR: self.last_round})
+        return False  # never asks XGBoost to stop; early stopping and ASHA do that
+
+
+def trial_fit_config(config: dict[str, Any], settings: TrialSettings) -> FitConfig:
+    """The sampled hyper-parameters plus the shared settings, validated by FitConfig."""
+    return FitConfig(
+        **config,
+        nthread=settings.nthread,
+        seed=settings.seed,
+        xgb_early_stopping_rounds=settings.early_stopping_rounds,
+    )
+
+
+def run_trial(config: dict[str, Any], data: SearchData, settings: TrialSettings) -> None:
+    """One trial: fit the bundle with per-round reports, then report the ensemble's validation metrics."""
+    reporter = TuneReportCallback(settings.report_every)
+    result = fit_bundle(
+        data.x_train,
+        data.y_train,
+        data.x_val,
+        data.y_val,
+        trial_fit_config(config, settings),
+        callbacks=[reporter],
+    )
+    bundle = result.bundle
+    decline = at_threshold(data.y_val, bundle.predict_proba(data.x_val), bundle.decline_threshold)
+    tune.report(
+        {
+            METRIC: result.validation["pr_auc_ensemble"],
+            TIME_ATTR: reporter.last_round,
+            FINAL_MARK: result.validation["pr_auc_ensemble"],
+            "pr_auc_lr": result.validation["pr_auc_lr"],
+            "pr_auc_xgb": result.validation["pr_auc_xgb"],
+            "best_iteration": result.best_iteration,
+            "lr_weight": bundle.lr_weight,
+            "val_decline_recall": decline["recall"],
+            "val_decline_precision": decline["precision"],
+        }
+    )
