@@ -61,16 +61,21 @@ class ServerProcess:
         )
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            code = self.process.poll()
+            if code is not None:
                 self.stop()
-                raise TargetStartError(
-                    f"{self.name} exited with {self.process.returncode}; see {self.log_path}"
-                )
+                raise TargetStartError(f"{self.name} exited with {code}: {self.log_tail()}")
             if http_ready(self.base_url + self.ready_path):
                 return self
             time.sleep(0.5)
         self.stop()
-        raise TargetStartError(f"{self.name} not ready within {ready_timeout_s:.0f} s; see {self.log_path}")
+        raise TargetStartError(f"{self.name} not ready within {ready_timeout_s:.0f} s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return f"(no log at {self.log_path})"
 
     @property
     def pid(self) -> int:

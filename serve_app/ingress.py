@@ -1,7 +1,5 @@
 """Ingress deployment: the HTTP API, request batching, and one trip through the graph per batch."""
 
-from __future__ import annotations
-
 import asyncio
 import logging
 from typing import Any, Literal

@@ -130,12 +130,14 @@ def configure_logging(
 ) -> logging.Handler:
     """Send the root logger's records as redacted JSON lines to `stream` (stderr); safe to call again.
 
-    `secrets` are literal values (API keys, passwords) masked wherever they appear. Returns the handler.
+    Like `logging.basicConfig(force=True)`, it replaces every handler on the root logger: a handler left
+    there would print records unredacted. `secrets` are literal values (API keys, passwords) masked
+    wherever they appear. Returns the handler.
     """
     root = logging.getLogger()
     for handler in list(root.handlers):
+        root.removeHandler(handler)
         if getattr(handler, _HANDLER_MARK, False):
-            root.removeHandler(handler)
             handler.close()
     handler = logging.StreamHandler(stream or sys.stderr)
     setattr(handler, _HANDLER_MARK, True)

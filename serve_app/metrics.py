@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -10,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 # Names as declared to Ray. Ray's exporter prefixes them with "ray_" and counters get "_total" only once,
 # so the series on /metrics are e.g. `ray_fraud_decisions_total` and `ray_fraud_probability_bucket`.
@@ -113,6 +116,11 @@ class _Registry:
         self.refresher: threading.Thread | None = None
 
 
+def _reject(message: str) -> None:
+    # Metrics must never fail the request that is being measured: a bad call is logged and dropped.
+    logger.warning("%s (not recorded)", message)
+
+
 _lock = threading.Lock()
 _registry: _Registry | None = None
 
@@ -150,7 +158,11 @@ def record_scores(
     model_version: str,
 ) -> None:
     """Count one scored batch: decisions, rule hits, probabilities, degraded rows, model version."""
-    summary = summarize_scores(decisions, probabilities, rule_hits, degraded)
+    try:
+        summary = summarize_scores(decisions, probabilities, rule_hits, degraded)
+    except ValueError as error:
+        _reject(str(error))
+        return
     registry = _get_registry()
     if registry is None:
         return
@@ -168,7 +180,8 @@ def record_scores(
 def observe_batch_size(deployment: str, size: int) -> None:
     """One batch of `size` requests handled by `deployment` (ingress, fetcher, a model, rules)."""
     if size < 0:
-        raise ValueError(f"metrics: batch size must be >= 0, got {size}")
+        _reject(f"metrics: batch size must be >= 0, got {size}")
+        return
     registry = _get_registry()
     if registry is None or size == 0:
         return
@@ -178,7 +191,8 @@ def observe_batch_size(deployment: str, size: int) -> None:
 def observe_store_latency(seconds: float, ok: bool) -> None:
     """One feature-store round trip; failed calls also count as errors (their latency is still telling)."""
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"metrics: store latency must be a finite number of seconds >= 0, got {seconds!r}")
+        _reject(f"metrics: store latency must be a finite number of seconds >= 0, got {seconds!r}")
+        return
     registry = _get_registry()
     if registry is None:
         return
@@ -190,7 +204,8 @@ def observe_store_latency(seconds: float, ok: bool) -> None:
 def record_labels(n: int, is_fraud: int = 0) -> None:
     """`n` feedback labels received, `is_fraud` of them fraud (the rest genuine)."""
     if n < 0 or not 0 <= is_fraud <= n:
-        raise ValueError(f"metrics: need 0 <= is_fraud <= n, got n={n}, is_fraud={is_fraud}")
+        _reject(f"metrics: need 0 <= is_fraud <= n, got n={n}, is_fraud={is_fraud}")
+        return
     registry = _get_registry()
     if registry is None:
         return

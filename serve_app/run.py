@@ -25,7 +25,6 @@ from serve_app.settings import Settings, get_settings
 logger = logging.getLogger("serve_app.run")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFERRED_REDIS_PORT = 6380  # never 6379: that is Ray's default GCS port
-APP_NAME = "fraud"
 DEPLOY_TIMEOUT_S = 300.0
 # Measured (DESIGN.md): HAProxy ingress + throughput mode is worth ~7x on a 2-core machine.
 FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
@@ -108,8 +107,10 @@ def read_config(path: Path) -> Any:
     return ServeDeploySchema.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
-def deploy(config: Any) -> None:
-    """What `serve run serve_config.yaml` does: start Serve with the file's HTTP options, deploy its apps."""
+def deploy(config: Any, timeout_s: float = DEPLOY_TIMEOUT_S) -> int:
+    """What `serve run serve_config.yaml` does: start Serve with the file's HTTP options, deploy its apps,
+    wait until they run. Returns the HTTP port Serve listens on (an already running Serve keeps its own).
+    """
     from ray import serve
     from ray.serve._private import api as serve_api  # the CLI's own entry point
     from ray.serve.config import gRPCOptions
@@ -120,21 +121,21 @@ def deploy(config: Any) -> None:
         grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
     )
     client.deploy_apps(config, _blocking=False)
-    deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+    names = [app.name for app in config.applications]
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        app = serve.status().applications.get(APP_NAME)
-        if app is not None and app.status == "RUNNING":
-            return
-        if app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            raise SystemExit(f"deploying {APP_NAME!r} failed: {app.message}")
-        time.sleep(1.0)
-    raise SystemExit(
-        f"{APP_NAME!r} was not RUNNING after {DEPLOY_TIMEOUT_S:.0f} s; see the Ray dashboard logs"
-    )
+        statuses = serve.status().applications
+        failed = [n for n in names if n in statuses and statuses[n].status in ("DEPLOY_FAILED", "UNHEALTHY")]
+        if failed:
+            raise SystemExit(f"deploying {failed[0]!r} failed: {statuses[failed[0]].message}")
+        if all(n in statuses and statuses[n].status == "RUNNING" for n in names):
+            return int(client.http_config.port)
+        time.sleep(0.5)
+    raise SystemExit(f"{names} not RUNNING after {timeout_s:.0f} s; see the Ray dashboard's Serve logs")
 
 
-def banner(config: Any, dashboard_url: str, tracking_uri: str, generated_key: str | None) -> str:
-    base = f"http://{config.http_options.host}:{config.http_options.port}"
+def banner(config: Any, port: int, dashboard_url: str, tracking_uri: str, generated_key: str | None) -> str:
+    base = f"http://{config.http_options.host}:{port}"
     key = generated_key or "<one of your FRAUD_API_KEYS>"
     lines = [
         "",
@@ -219,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                 stop.set()
 
             signal.signal(signum, request_stop)
-        deploy(config)
+        port = deploy(config)
         dashboard = context.dashboard_url or f"127.0.0.1:{args.dashboard_port}"
-        print(banner(config, f"http://{dashboard}", tracking_uri, generated_key), flush=True)
+        print(banner(config, port, f"http://{dashboard}", tracking_uri, generated_key), flush=True)
         while not stop.wait(timeout=1.0):
             pass
         print("\nStopping Serve, Ray and Redis ...", flush=True)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -19,6 +21,7 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.tracking._tracking_service import utils as tracking_utils
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 import serve_app
@@ -73,6 +76,24 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
         if created is None:
             raise
         return str(created.experiment_id)
+
+
+@contextmanager
+def _using_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (start_run, log_model: they only read the process-global URI) at `uri`
+    for the block, then restore both the global and MLFLOW_TRACKING_URI, which set_tracking_uri also
+    overwrites; a library call must not redirect the caller's later MLflow use."""
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    global_before: str | None = tracking_utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils.set_tracking_uri(global_before)  # type: ignore[arg-type]  # None means "unset"
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
@@ -136,9 +157,8 @@ def log_and_register(
     """One MLflow run (params, metrics, PR plot, features, data summary) whose bundle becomes one version
     of `model_name`. Alias: `alias` if given; otherwise `champion` only when no champion exists yet."""
     experiment_id = ensure_experiment(experiment, tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="fraud-bundle-") as tmp:
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="fraud-bundle-") as tmp, _using_tracking_uri(tracking_uri):
         bundle_dir = Path(tmp) / "bundle"
         save_bundle(bundle, bundle_dir)
         code_dir = _stage_code(Path(tmp) / "code")

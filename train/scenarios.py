@@ -237,7 +237,7 @@ def night_high_value(world: World, typical: FloatArray, day_people: IntArray, n_
     merch = world.pick_in_city(world.c_city[c], _HIGH_TICKET, rng, world.merchants(_HIGH_TICKET, (ONLINE,)))
     online = rng.random(len(event)) < 0.5
     merch[online] = rng.choice(world.merchants(_HIGH_TICKET, (ONLINE,)), int(online.sum()))
-    amount = np.round(np.clip(typical[c] * rng.uniform(5.0, 15.0, len(event)), 100.0, 20_000.0), 2)
+    amount = np.round(np.clip(typical[c] * rng.uniform(6.0, 20.0, len(event)), 100.0, 20_000.0), 2)
     return Rows(c, merch, ts, amount)
 
 
@@ -254,7 +254,7 @@ def impossible_travel(world: World, genuine: Rows, n_events: int, rng: np.random
     # Pick, for each event, a random city far enough away (ties broken by random keys).
     keys = np.where(dist >= _FAR_KM, rng.random(dist.shape), -1.0)
     city = np.argmax(keys, axis=1)
-    sizes = rng.integers(1, 4, n_events)
+    sizes = rng.integers(1, 3, n_events)
     event, _ = _event_index(sizes)
     first = prev.ts_ms + rng.integers(10 * MINUTE_MS, 120 * MINUTE_MS, n_events)
     ts = first[event] + _offsets(sizes, rng.uniform(5.0, 30.0, n_events) * MINUTE_MS, rng)
@@ -290,7 +290,7 @@ def inject_fraud(world: World, genuine: Rows, fraud_rate: float, rng: np.random.
         ("account_takeover", account_takeover(world, typical, active, n_events("account_takeover", 4.5), rng)),
         ("compromised_merchant", comp),
         ("night_high_value", night_high_value(world, typical, day_people, n_events("night_high_value", 2), rng)),
-        ("impossible_travel", impossible_travel(world, genuine, n_events("impossible_travel", 2), rng)),
+        ("impossible_travel", impossible_travel(world, genuine, n_events("impossible_travel", 1.5), rng)),
     ]
     # Events near the end may spill past the period; the data set covers exactly `days` days.
     return [(name, rows.take(rows.ts_ms < world.end_ms)) for name, rows in out]

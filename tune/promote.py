@@ -11,7 +11,7 @@ import argparse
 import math
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,10 +109,11 @@ def training_end(bundle: ModelBundle) -> pd.Timestamp | None:
 
 
 def holdout_mask(
-    timestamps: pd.Series, bundles: Sequence[ModelBundle], holdout_days: float | None
+    timestamps: pd.Series, training_ends: Mapping[str, pd.Timestamp | None], holdout_days: float | None
 ) -> tuple[npt.NDArray[np.bool_], pd.Timestamp]:
-    """Rows both models never trained on: from the later training end (or the last `holdout_days`)."""
-    ends = {b.version: training_end(b) for b in bundles}
+    """Rows no model (version -> end of its training window) trained on: from the latest training end,
+    or the last `holdout_days` if that does not reach into a known training window."""
+    ends = dict(training_ends)
     last = timestamps.max()
     if holdout_days is not None:
         start = last - pd.Timedelta(days=holdout_days)
@@ -234,9 +235,8 @@ def run_promotion(
         raise PromotionError(
             f"{CHAMPION} moved from {champion_before} to {champion.version} meanwhile; run again"
         )
-    mask, start = holdout_mask(
-        df["timestamp"], [b for b in (challenger, champion) if b is not None], holdout_days
-    )
+    ends = {b.version: training_end(b) for b in (challenger, champion) if b is not None}
+    mask, start = holdout_mask(df["timestamp"], ends, holdout_days)
     y = df["is_fraud"].to_numpy()[mask]
     if int(y.sum()) == 0:
         raise PromotionError(f"the holdout from {start.isoformat()} has no fraud rows: PR-AUC is undefined")

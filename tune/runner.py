@@ -1,9 +1,10 @@
 """Run one search: Tuner with ASHA and a search algorithm, MLflow parent + child runs, refit, challenger.
 
 MLflow layout (one experiment, `experiment_name`): a parent run per search holding the job config,
-search space, best config and trial table; every trial is a child run (MLflowLoggerCallback on the
-driver, with `mlflow.parentRunId` set explicitly because trials run in other processes); the refit of
-the best config and the promotion comparison are children too. The tag `fraud.role` tells them apart.
+search space, best config and trial table; every trial is a child run (written on the driver by
+trainable.TrialRunLogger, with `mlflow.parentRunId` set explicitly because trials run in other
+processes); the refit of the best config and the promotion comparison are children too. The tag
+`fraud.role` (search | trial | refit | promotion) tells them apart.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import pandas as pd
 import ray
 from mlflow import MlflowClient
 from ray import tune
-from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.result_grid import ResultGrid
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlgorithm, Searcher
@@ -36,6 +36,7 @@ from tune.trainable import (
     TIME_ATTR,
     FloatArray,
     SearchData,
+    TrialRunLogger,
     TrialSettings,
     run_trial,
     search_data,
@@ -168,10 +169,8 @@ def _fit_tuner(
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data, settings=settings), {"cpu": plan.cpus_per_trial}
     )
-    mlflow_callback = MLflowLoggerCallback(
-        tracking_uri=tracking_uri,
-        experiment_name=job.experiment_name,
-        tags={"mlflow.parentRunId": parent_run_id, ROLE_TAG: "trial"},
+    mlflow_callback = TrialRunLogger(
+        tracking_uri, ensure_experiment(job.experiment_name, tracking_uri), parent_run_id, {ROLE_TAG: "trial"}
     )
     tuner = tune.Tuner(
         trainable,
@@ -185,6 +184,8 @@ def _fit_tuner(
             num_samples=1 if job.search_alg.name == "grid" else job.num_samples,
             max_concurrent_trials=plan.max_concurrent,
             time_budget_s=job.time_budget_s,
+            # Trials share resources and data, so one actor runs trial after trial (no start-up each time).
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=f"{job.experiment_name}-{datetime.now(UTC):%Y%m%dT%H%M%S}",

@@ -10,13 +10,19 @@ trials that finished.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.logger import LoggerCallback
 
 from train.evaluate import at_threshold
 from train.fit import FitConfig, fit_bundle
@@ -27,6 +33,18 @@ LabelArray = npt.NDArray[np.int8]
 METRIC = "val_pr_auc"
 TIME_ATTR = "boosting_round"
 FINAL_MARK = "pr_auc_ensemble"  # only the last report of a trial that finished carries this key
+# What a trial reports (and its MLflow child run records); Tune adds bookkeeping fields we do not log.
+TRIAL_METRICS = (
+    METRIC,
+    TIME_ATTR,
+    FINAL_MARK,
+    "pr_auc_lr",
+    "pr_auc_xgb",
+    "best_iteration",
+    "lr_weight",
+    "val_decline_recall",
+    "val_decline_precision",
+)
 _XGB_EVAL_NAME = "validation"  # the name train/fit.py gives its evaluation set
 _XGB_METRIC = "aucpr"
 
@@ -122,3 +140,65 @@ def run_trial(config: dict[str, Any], data: SearchData, settings: TrialSettings)
             "val_decline_precision": decline["precision"],
         }
     )
+
+
+class TrialRunLogger(LoggerCallback):
+    """Every trial as an MLflow child run of the search's parent run, written by the driver.
+
+    Like ray.air's MLflowLoggerCallback with `tags={"mlflow.parentRunId": ...}`, but one `log_batch` per
+    report with only TRIAL_METRICS: the stock callback writes every result field (timestamps, pid,
+    config/...) as its own request, about 0.7 s per report on a 2-core machine with SQLite, and trials
+    wait for the driver to take their reports.
+    """
+
+    def __init__(
+        self, tracking_uri: str, experiment_id: str, parent_run_id: str, tags: dict[str, str]
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.tags = tags
+        self._client: MlflowClient | None = None  # made in setup(): Tune may copy callbacks before that
+        self._runs: dict[str, str] = {}
+        self._finished: set[str] = set()
+
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        self._client = MlflowClient(tracking_uri=self.tracking_uri)
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def log_trial_start(self, trial: Trial) -> None:
+        if trial.trial_id in self._runs:  # a restarted trial keeps its run
+            return
+        tags = {**self.tags, "mlflow.parentRunId": self.parent_run_id, "trial_id": trial.trial_id}
+        run = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags)
+        self._runs[trial.trial_id] = run.info.run_id
+        params = [Param(key, str(value)[:500]) for key, value in sorted(trial.config.items())]
+        self.client.log_batch(run.info.run_id, params=params)
+
+    def log_trial_result(self, iteration: int, trial: Trial, result: dict[str, Any]) -> None:
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        step = int(result.get(TIME_ATTR) or iteration)
+        now_ms = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(result[key]), now_ms, step)
+            for key in TRIAL_METRICS
+            if isinstance(result.get(key), int | float) and math.isfinite(float(result[key]))
+        ]
+        if FINAL_MARK in result:
+            self._finished.add(trial.trial_id)
+        self.client.log_batch(run_id, metrics=metrics)
+
+    def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        outcome = "failed" if failed else "finished" if trial.trial_id in self._finished else "stopped_early"
+        self.client.set_tag(run_id, "trial_outcome", outcome)
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")

@@ -17,6 +17,7 @@
 --   Returns 'recorded' | 'unchanged' | 'corrected' | 'unknown'.
 
 local EVENT_PATTERN = '^([^|]+)|([^|]+)|([^|]+)|([^|]+)|([^|]*)|([^|]*)$'
+local HISTORY_PATTERN = '^[^|]+|([^|]+)|([^|]+)|([^|]+)|(.*)$' -- ts, amount, merchant, 'lat|lon'
 
 local function fmt(x)
   if x == nil then
@@ -66,42 +67,58 @@ local function record_transaction()
   redis.call('ZREMRANGEBYSCORE', cust_labels, '-inf', stale)
   redis.call('ZREMRANGEBYSCORE', merch_labels, '-inf', stale)
 
-  local counts, sums, lows = {}, {}, {}
+  -- Members ascend in time and the windows are nested, so window k holds a suffix of the history: note
+  -- how many members (and how much amount) come before its start, and take differences at the end.
+  local lows, before_count, before_sum = {}, {}, {}
   for k = 1, #windows do
-    counts[k], sums[k], lows[k] = 0, 0, t - windows[k]
+    lows[k] = t - windows[k]
   end
-  local last_ts, geo_ts, geo_id, geo_lat, geo_lon = nil, nil, nil, nil, nil
+  local k = #windows -- widest window first: its start is crossed first
+  local seen_count, total = 0, 0
+  local last_ts, geo_ts, geo_id, geo_at = nil, nil, nil, nil
   local at_merchant = 0
   local history = redis.call('ZRANGEBYSCORE', cust_key, since, until_t)
-  for _, member in ipairs(history) do
-    local id, hts_s, hamount_s, hmerchant, hlat, hlon = string.match(member, EVENT_PATTERN)
+  for i = 1, #history do
+    local hts_s, hamount_s, hmerchant, hgeo = string.match(history[i], HISTORY_PATTERN)
     local hts = tonumber(hts_s)
-    local hamount = tonumber(hamount_s)
-    for k = 1, #windows do
-      if hts >= lows[k] then
-        counts[k] = counts[k] + 1
-        sums[k] = sums[k] + hamount
-      end
+    while k >= 1 and hts >= lows[k] do
+      before_count[k], before_sum[k] = seen_count, total
+      k = k - 1
     end
-    if last_ts == nil or hts > last_ts then
-      last_ts = hts
-    end
-    if hlat ~= '' and hlon ~= '' then
-      if geo_ts == nil or hts > geo_ts or (hts == geo_ts and id_after(id, geo_id)) then
-        geo_ts, geo_id, geo_lat, geo_lon = hts, id, hlat, hlon
-      end
-    end
+    seen_count = seen_count + 1
+    total = total + tonumber(hamount_s)
+    last_ts = hts
     if hmerchant == merchant then
       at_merchant = at_merchant + 1
     end
+    if hgeo ~= '|' then
+      -- Equal timestamps: the larger transaction_id wins (member order is not id order: 'ab|' > 'abc|').
+      if geo_ts == nil or hts > geo_ts then
+        geo_ts, geo_id, geo_at = hts, nil, i
+      else
+        geo_id = geo_id or string.match(history[geo_at], '^[^|]+')
+        local id = string.match(history[i], '^[^|]+')
+        if id_after(id, geo_id) then
+          geo_id, geo_at = id, i
+        end
+      end
+    end
+  end
+  while k >= 1 do
+    before_count[k], before_sum[k] = seen_count, total
+    k = k - 1
+  end
+  local geo_lat, geo_lon = nil, nil
+  if geo_at then
+    geo_lat, geo_lon = string.match(history[geo_at], '|([^|]*)|([^|]*)$')
   end
 
   local raw = {}
-  for k = 1, #windows do
-    raw[#raw + 1] = fmt(counts[k])
+  for w = 1, #windows do
+    raw[#raw + 1] = fmt(seen_count - before_count[w])
   end
-  for k = 1, #windows do
-    raw[#raw + 1] = fmt(sums[k])
+  for w = 1, #windows do
+    raw[#raw + 1] = fmt(total - before_sum[w])
   end
   raw[#raw + 1] = fmt(last_ts)
   raw[#raw + 1] = fmt(geo_ts)
@@ -109,11 +126,11 @@ local function record_transaction()
   raw[#raw + 1] = geo_lon or ''
   raw[#raw + 1] = fmt(at_merchant)
   raw[#raw + 1] = fmt(redis.call('ZCOUNT', cust_labels, since, until_t))
-  for k = 1, #windows do
-    raw[#raw + 1] = fmt(redis.call('ZCOUNT', merch_key, fmt(lows[k]), until_t))
+  for w = 1, #windows do
+    raw[#raw + 1] = fmt(redis.call('ZCOUNT', merch_key, fmt(lows[w]), until_t))
   end
-  for k = 1, #label_windows do
-    raw[#raw + 1] = fmt(redis.call('ZCOUNT', merch_labels, fmt(t - label_windows[k]), until_t))
+  for w = 1, #label_windows do
+    raw[#raw + 1] = fmt(redis.call('ZCOUNT', merch_labels, fmt(t - label_windows[w]), until_t))
   end
   local answer = table.concat(raw, ',')
 

@@ -45,17 +45,17 @@ class OnlineStoreError(RuntimeError):
     """Redis is unreachable, timed out, or refused a call; the caller decides whether to degrade."""
 
 
-def _lua_table(values: Sequence[int]) -> str:
-    return "{" + ", ".join(str(v) for v in values) + "}"
-
-
 @cache
 def lua_source() -> str:
     """online.lua behind the contract's constants; read on first use (no file access at import time)."""
+    widths = list(WINDOWS_MS.values())
+    if widths != sorted(set(widths)) or widths[-1] != RETENTION_MS:
+        # The script walks the history once, relying on nested windows whose widest is the retention.
+        raise RuntimeError("online.lua needs WINDOWS_MS strictly ascending and ending at RETENTION_MS")
     constants = (
         f"local RETENTION_MS = {RETENTION_MS}\n"
-        f"local WINDOWS_MS = {_lua_table(list(WINDOWS_MS.values()))}\n"
-        f"local LABEL_WINDOWS_MS = {_lua_table(list(LABEL_WINDOWS_MS.values()))}\n"
+        f"local WINDOWS_MS = {{{', '.join(map(str, widths))}}}\n"
+        f"local LABEL_WINDOWS_MS = {{{', '.join(map(str, LABEL_WINDOWS_MS.values()))}}}\n"
         f"local KEY_TTL_MS = '{KEY_TTL_MS}'\n"
     )
     body = resources.files("serve_app.features").joinpath("online.lua").read_text(encoding="utf-8")
@@ -323,22 +323,6 @@ class SyncOnlineFeatureStore:
         replies = self._evalsha_all([transaction_call(self.keys, ev) for ev in events])
         return raw_columns([_transaction_result(ev, r)[1] for ev, r in zip(events, replies, strict=True)])
 
-    def apply_labels(self, labels: Sequence[LabelEvent]) -> list[str]:
-        """As OnlineFeatureStore.apply_labels, blocking."""
-        if not labels:
-            return []
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            for key in _label_lookups(self.keys, labels):
-                pipe.hmget(key, ["c", "m"])
-            owners = pipe.execute()
-        except RedisError as exc:
-            raise OnlineStoreError(f"online store unavailable: {exc}") from exc
-        calls = _label_calls(self.keys, labels, owners)
-        replies = self._evalsha_all(list(calls.values())) if calls else []
-        answers = dict(zip(calls, replies, strict=True))
-        return [str(answers.get(i, "unknown")) for i in range(len(labels))]
-
     def replay(self, items: Sequence[StoreEvent | KeyedLabel]) -> list[str]:
         """Transactions and labels in the given (event-time) order, one pipeline; a status per item.
 
@@ -352,13 +336,11 @@ class SyncOnlineFeatureStore:
             else:
                 calls.append(transaction_call(self.keys, item))
         replies = self._evalsha_all(calls) if calls else []
-        statuses: list[str] = []
-        for item, reply in zip(items, replies, strict=True):
-            if isinstance(item, KeyedLabel):
-                statuses.append(str(reply))
-            else:
-                statuses.append(_transaction_result(item, reply)[0])
-        return statuses
+        # A transaction replies [status, aggregates]; a bulk load wants only the status.
+        return [
+            str(reply if isinstance(item, KeyedLabel) else reply[0])
+            for item, reply in zip(items, replies, strict=True)
+        ]
 
     def ping(self) -> bool:
         try:

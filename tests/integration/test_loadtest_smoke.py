@@ -36,14 +36,13 @@ def champion(mlflow_uri: str, tmp_path: Path) -> str:
 def graph_url(ray_session: None, redis_url: str, champion: str, tmp_path: Path) -> Iterator[str]:
     """serve_config.yaml as shipped, with this test's Redis, MLflow store and API key; the base URL."""
     from ray import serve
-    from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    from serve_app.run import APP_NAME, deploy
+    from serve_app.run import deploy
 
     raw = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text(encoding="utf-8"))
     raw["http_options"]["port"] = free_port()
-    app = next(a for a in raw["applications"] if a["name"] == APP_NAME)
+    (app,) = raw["applications"]
     data_dir = str(tmp_path / "data")
     app["args"].update(redis_url=redis_url, tracking_uri=champion, model_cache_dir=str(tmp_path / "cache"))
     # Replicas read the API keys from their own environment, so they get them through the runtime_env.
@@ -55,13 +54,12 @@ def graph_url(ray_session: None, redis_url: str, champion: str, tmp_path: Path) 
             "FRAUD_DATA_DIR": data_dir,
         }
     }
-    deploy(ServeDeploySchema.model_validate(raw))
-    # If Serve was already started in this session its HTTP port wins over ours: ask it which one it is.
-    port = _get_global_client().http_config.port
+    # If Serve already runs in this session, its HTTP port wins over ours; deploy says which one it is.
+    port = deploy(ServeDeploySchema.model_validate(raw))
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        serve.delete(APP_NAME)
+        serve.delete(app["name"])
 
 
 def test_steady_scenario_runs_without_errors(graph_url: str, tmp_path: Path) -> None:

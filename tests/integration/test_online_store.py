@@ -221,10 +221,11 @@ def test_the_sync_twin_shares_keys_and_answers_with_the_async_store(redis_url: s
         [event("a", T0), KeyedLabel(LabelEvent("a", True, T0), "c1", "m1"), event("b", T0 + 1)]
     )
     assert statuses == ["new", "recorded", "new"]
-    assert sync.apply_labels([LabelEvent("a", True, T0), LabelEvent("zz", False, T0)]) == [
-        "unchanged",
-        "unknown",
+    labels = [
+        KeyedLabel(LabelEvent("a", True, T0), "c1", "m1"),
+        KeyedLabel(LabelEvent("zz", False, T0), "c", "m"),
     ]
+    assert sync.replay(labels) == ["unchanged", "unknown"]
     from_async = row(run(lambda s: s.fetch_and_update([event("b", T0 + 1)]), redis_url))
     from_sync = row(sync.fetch_and_update([event("b", T0 + 1)]))
     probe = row(sync.fetch_and_update([event("c", T0 + 2)]))

@@ -14,7 +14,13 @@ from serve_app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_PATH = ROOT / "docker-compose.yml"
-REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "FRAUD_API_KEYS", "REDIS_PASSWORD")
+REQUIRED_SECRETS = (
+    "POSTGRES_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+    "FRAUD_API_KEYS",
+    "REDIS_PASSWORD",
+    "RAY_AUTH_TOKEN",
+)
 STATEFUL = {"redis": "/data", "postgres": "/var/lib/postgresql/data", "mlflow": "/mlartifacts"}
 PUBLISHING = {"ray-head", "grafana", "locust"}
 
@@ -136,7 +142,7 @@ def test_required_secrets_fail_loudly_when_unset() -> None:
         for use in uses:
             assert re.fullmatch(r":\?.+", use), f"${{{secret}{use}}} must be ${{{secret}:?message}}"
     # No literal credentials: every password-ish setting comes from a variable.
-    for key, value in re.findall(r"^\s*([A-Z_]*(?:PASSWORD|_KEYS))\s*:\s*(.+)$", text, flags=re.M):
+    for key, value in re.findall(r"^\s*([A-Z_]*(?:PASSWORD|_KEYS|TOKEN))\s*:\s*(.+)$", text, flags=re.M):
         assert value.strip().startswith("${"), f"{key} is set to a literal"
 
 
@@ -170,6 +176,9 @@ def test_ray_services_have_shared_memory_and_gcs_off_the_redis_port(
     assert set(ray_services) == {"ray-head", "ray-worker"}
     for name, service in ray_services.items():
         assert service.get("shm_size"), f"{name}: Ray's object store needs shm_size"
+        # Token auth: joining the cluster, `serve deploy` and the dashboard need the shared secret.
+        assert service["environment"]["RAY_AUTH_MODE"] == "token", name
+        assert service["environment"]["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:?"), name
     gcs_port = _ray_start_option(_command(services["ray-head"]), "port")
     assert gcs_port != "6379"
     assert _ray_start_option(_command(services["ray-worker"]), "address") == f"ray-head:{gcs_port}"
@@ -184,6 +193,9 @@ def test_ray_head_trains_when_no_champion_and_deploys_the_serve_config(
     deploy = command.index("serve deploy")
     assert check < train < deploy
     assert "serve_config.yaml" in command
+    for module in re.findall(r"python -m ([\w.]+)", command):
+        path = ROOT / module.replace(".", "/")
+        assert (path / "__main__.py").exists() or path.with_suffix(".py").exists(), f"no module {module}"
     # The readiness probe of the container is the API's own.
     assert "/readyz" in " ".join(services["ray-head"]["healthcheck"]["test"])
 

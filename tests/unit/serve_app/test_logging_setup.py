@@ -36,9 +36,7 @@ def log_stream() -> Iterator[io.StringIO]:
     try:
         yield stream
     finally:
-        for handler in list(root.handlers):
-            if handler not in saved_handlers:
-                root.removeHandler(handler)
+        root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
 
 
@@ -129,10 +127,9 @@ def test_no_13_to_19_digit_run_survives(digits: str, prefix: str, suffix: str) -
 
 def test_configuring_twice_keeps_one_handler(log_stream: io.StringIO) -> None:
     root = logging.getLogger()
-    before = len(root.handlers)
     second = io.StringIO()
     configure_logging("INFO", stream=second)
-    assert len(root.handlers) == before
+    assert len(root.handlers) == 1
     logging.getLogger("serve_app.test").debug("dropped at INFO")
     logging.getLogger("serve_app.test").info("kept")
     assert [line["message"] for line in _lines(second)] == ["kept"]
@@ -167,3 +164,12 @@ def test_unsafe_client_request_ids_are_replaced(hostile: str | None) -> None:
 
 def test_a_sane_client_request_id_is_kept() -> None:
     assert clean_request_id("client-7f3a:01") == "client-7f3a:01"
+
+
+def test_handlers_installed_before_are_replaced_so_nothing_logs_unredacted(log_stream: io.StringIO) -> None:
+    plain = io.StringIO()
+    logging.getLogger().addHandler(logging.StreamHandler(plain))
+    configure_logging("INFO", stream=log_stream)
+    logging.getLogger("serve_app.test").info("card %s", CARD)
+    assert plain.getvalue() == ""
+    assert _lines(log_stream)[0]["message"] == "card [PAN ****1111]"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +83,7 @@ def test_length_mismatch_names_the_field(field: str, kwargs: dict[str, object]) 
     }
     args.update(kwargs)
     with pytest.raises(ValueError, match=field):
-        metrics.record_scores(model_version="1", **args)  # type: ignore[arg-type]
+        metrics.summarize_scores(**args)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), -0.01, 1.5, float("inf")])
@@ -90,17 +92,39 @@ def test_probability_outside_unit_interval_is_rejected_with_its_index(bad: float
         metrics.summarize_scores(["approve", "decline"], [0.2, bad], [[], []], [False, False])
 
 
-def test_invalid_counts_and_latencies_are_rejected() -> None:
-    with pytest.raises(ValueError, match="is_fraud"):
-        metrics.record_labels(2, is_fraud=3)
-    with pytest.raises(ValueError, match="is_fraud"):
-        metrics.record_labels(-1)
-    with pytest.raises(ValueError, match="batch size"):
-        metrics.observe_batch_size("ingress", -1)
-    with pytest.raises(ValueError, match="latency"):
-        metrics.observe_store_latency(float("nan"), ok=True)
-    with pytest.raises(ValueError, match="latency"):
-        metrics.observe_store_latency(-0.1, ok=True)
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: metrics.record_scores(["approve"], [0.1, 0.2], [[]], [False], "1"), "probabilities has 2"),
+        (
+            lambda: metrics.record_scores(["approve"], [np.nan], [[]], [False], "1"),
+            r"probabilities\[0\]",
+        ),
+        (lambda: metrics.record_labels(2, is_fraud=3), "is_fraud"),
+        (lambda: metrics.record_labels(-1), "is_fraud"),
+        (lambda: metrics.observe_batch_size("Ingress", -1), "batch size"),
+        (lambda: metrics.observe_store_latency(float("nan"), ok=True), "latency"),
+        (lambda: metrics.observe_store_latency(-0.1, ok=True), "latency"),
+    ],
+)
+def test_bad_calls_are_logged_not_raised(
+    call: Callable[[], None], message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Metrics must never turn a scored request into a 500; the mistake is logged and the point dropped.
+    with caplog.at_level(logging.WARNING, logger="serve_app.metrics"):
+        call()
+    assert len(caplog.records) == 1
+    assert re.search(message, caplog.records[0].getMessage())
+    assert "not recorded" in caplog.records[0].getMessage()
+
+
+def test_good_calls_log_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="serve_app.metrics"):
+        metrics.record_scores(["approve"], np.array([0.5]), [["velocity"]], [True], "1")
+        metrics.record_labels(0)
+        metrics.observe_batch_size("Ingress", 0)
+        metrics.observe_store_latency(0.0, ok=True)
+    assert caplog.records == []
 
 
 def test_metric_names_are_valid_unique_and_prefixed() -> None:

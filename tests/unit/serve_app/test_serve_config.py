@@ -60,19 +60,25 @@ def test_every_deployment_of_the_graph_is_configured_and_nothing_else(config: Se
     assert {d.name for d in built.deployments} == set(_deployments(config))
 
 
+def _autoscaling(deployment: DeploymentSchema) -> dict[str, Any]:
+    auto = deployment.autoscaling_config
+    assert isinstance(auto, dict), f"{deployment.name} has no autoscaling_config"
+    return auto
+
+
 def test_graph_fits_two_cpus_with_headroom(config: ServeDeploySchema) -> None:
     deployments = _deployments(config).values()
     cpus = {d.name: d.ray_actor_options.num_cpus for d in deployments}
     assert all(c is not None and 0 < c < 1 for c in cpus.values()), cpus
-    at_min = sum(cpus[d.name] * d.autoscaling_config["min_replicas"] for d in deployments)
-    at_max = sum(cpus[d.name] * d.autoscaling_config["max_replicas"] for d in deployments)
+    at_min = sum(cpus[d.name] * _autoscaling(d)["min_replicas"] for d in deployments)
+    at_max = sum(cpus[d.name] * _autoscaling(d)["max_replicas"] for d in deployments)
     assert at_min <= MACHINE_CPUS * 0.75, f"{at_min} CPUs at min replicas leaves no headroom"
     assert at_max <= MACHINE_CPUS, f"{at_max} CPUs at max replicas cannot be placed"
 
 
 def test_every_deployment_autoscales_with_bounded_queues(config: ServeDeploySchema) -> None:
     for d in _deployments(config).values():
-        auto = d.autoscaling_config
+        auto = _autoscaling(d)
         assert 1 <= auto["min_replicas"] <= auto["max_replicas"], d.name
         assert 0 < auto["target_ongoing_requests"] <= d.max_ongoing_requests, d.name
         assert d.max_queued_requests > 0, d.name
