@@ -88,27 +88,31 @@ class Meter:
         }
 
 
-def single_ok(status: int, body: bytes) -> bool:
+def single_ok(status: int, body: bytes) -> str | None:
+    """None for a full score; otherwise what is wrong (a degraded score is an outage of the store)."""
     if status != 200:
-        return False
+        return f"HTTP {status}: {body[:200]!r}"
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return False
-    return isinstance(answer, dict) and "decision" in answer and answer.get("degraded") is False
+        return "response is not JSON"
+    if not isinstance(answer, dict) or "decision" not in answer:
+        return "response is not a score"
+    return "degraded answer (scored without feature history)" if answer.get("degraded") is not False else None
 
 
 def batch_ok(size: int) -> ResponseCheck:
-    def check(status: int, body: bytes) -> bool:
+    def check(status: int, body: bytes) -> str | None:
         if status != 200:
-            return False
+            return f"HTTP {status}: {body[:200]!r}"
         try:
             results = orjson.loads(body).get("results")
         except (orjson.JSONDecodeError, AttributeError):
-            return False
-        return (
-            isinstance(results, list) and len(results) == size and not any(r.get("degraded") for r in results)
-        )
+            return "response is not a JSON object"
+        if not isinstance(results, list) or len(results) != size:
+            return f"expected {size} results"
+        degraded = sum(1 for r in results if r.get("degraded"))
+        return f"{degraded} of {size} answers degraded" if degraded else None
 
     return check
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httptools
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-ResponseCheck = Callable[[int, bytes], bool]  # (status, body) -> acceptable?
+ResponseCheck = Callable[[int, bytes], str | None]  # (status, body) -> what is wrong with it, or None
 
 
 class HttpLoadError(RuntimeError):
@@ -155,8 +155,8 @@ class _Worker:
             if self.conn is None or self.conn.closed:
                 self.conn = await _connect(self.target)
             status, body = await asyncio.wait_for(self.conn.send(raw), self.timeout_s)
-            ok = self.check(status, body)
-            problem = None if ok else f"HTTP {status}: {body[:200]!r}"
+            problem = self.check(status, body)
+            ok = problem is None
         except (TimeoutError, ConnectionError, HttpLoadError, httptools.HttpParserError) as exc:
             ok, problem = False, f"{type(exc).__name__}: {exc}"
             if self.conn is not None:

@@ -46,6 +46,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--label-delay-days", type=float, default=settings.label_delay_days, help="label delay")
     p.add_argument("--batch-size", type=int, default=MAX_BATCH, help=f"transactions per call, <= {MAX_BATCH}")
     p.add_argument("--concurrency", type=int, default=2, help="batches in flight (never sharing ids)")
+    p.add_argument(
+        "--degraded-retries",
+        type=int,
+        default=4,
+        help="re-sends of a batch answered degraded (store trouble)",
+    )
     p.add_argument("--report-from", help="report on rows with timestamp >= this (default: --from)")
     p.add_argument("--out", type=Path, required=True, help="scores CSV; the report goes next to it as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -54,6 +60,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--batch-size must be within [1, {MAX_BATCH}]")
     if args.concurrency < 1:
         p.error("--concurrency must be >= 1")
+    if args.degraded_retries < 0:
+        p.error("--degraded-retries must be >= 0")
     if args.label_delay_days < 0:
         p.error("--label-delay-days must be >= 0")
     return args
@@ -73,6 +81,7 @@ async def _replay(args: argparse.Namespace, stream: ReplayStream, delay_ms: int)
             batch_size=args.batch_size,
             label_delay_ms=delay_ms,
             concurrency=args.concurrency,
+            degraded_retries=args.degraded_retries,
             progress=not args.quiet,
         )
     finally:
@@ -110,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_report(report))
     print(
         f"{len(result.scores)} transactions in {result.batches} batches,"
-        f" labels {dict(result.label_statuses)}, {result.retries} retries;"
+        f" labels {dict(result.label_statuses)}, {result.retries} HTTP retries,"
+        f" {result.resent_degraded} batches re-sent after a degraded answer;"
         f" scores: {args.out}, report: {report_path(args.out)}"
     )
     if result.label_statuses.get("unknown"):

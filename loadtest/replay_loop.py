@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from loadtest.replay_http import Payload, ReplayClient, ScoredRow, TransactionPayloads
+from loadtest.replay_http import Payload, ReplayClient, ScoredRow, TransactionPayloads, retry_delays
 from loadtest.replay_schedule import (
     Bounds,
     Entities,
@@ -32,7 +32,8 @@ class ReplayResult:
     elapsed_s: float
     batches: int
     label_statuses: Counter[str]
-    retries: int
+    retries: int  # HTTP requests repeated after a transport error or a 408/429/502/503/504
+    resent_degraded: int  # batches sent again because the store could not serve them the first time
 
 
 async def _send_labels(client: ReplayClient, labels: list[Payload], statuses: Counter[str]) -> None:
@@ -44,8 +45,17 @@ async def _send_labels(client: ReplayClient, labels: list[Payload], statuses: Co
 class _Replayer:
     """The send loop's state: scoring batches in flight and genuine labels on their way in the background."""
 
-    def __init__(self, stream: ReplayStream, client: ReplayClient, bounds: Bounds, concurrency: int) -> None:
+    def __init__(
+        self,
+        stream: ReplayStream,
+        client: ReplayClient,
+        bounds: Bounds,
+        concurrency: int,
+        degraded_retries: int,
+    ) -> None:
         self.stream, self.client, self.bounds, self.concurrency = stream, client, bounds, concurrency
+        self.degraded_pauses = retry_delays(degraded_retries + 1, 0.25)
+        self.resent_degraded = 0
         self.customers = stream.frame["customer_id"].astype(str).to_numpy()
         self.merchants = stream.frame["merchant_id"].astype(str).to_numpy()
         self.scored = np.zeros(len(bounds), dtype=bool)
@@ -96,8 +106,22 @@ class _Replayer:
         if fraud:
             await _send_labels(self.client, fraud, self.statuses)
 
+    async def score(self, payloads: list[Payload]) -> list[ScoredRow]:
+        """A batch's answers; a batch the store could not serve (degraded rows) is sent again.
+
+        Safe and exact because the store is idempotent by transaction_id: rows it recorded the first time
+        answer with the aggregates stored then, the others are recorded now, and no later batch touching
+        the same customers or merchants has been sent in between."""
+        for pause in self.degraded_pauses:
+            rows = await self.client.score(payloads)
+            if not any(row.degraded for row in rows):
+                return rows
+            self.resent_degraded += 1
+            await asyncio.sleep(pause)  # the fetcher's circuit breaker needs a moment to close again
+        return await self.client.score(payloads)
+
     def start(self, index: int, payloads: list[Payload], entities: Entities) -> None:
-        self.in_flight[asyncio.create_task(self.client.score(payloads))] = (index, entities)
+        self.in_flight[asyncio.create_task(self.score(payloads))] = (index, entities)
 
     async def drain(self) -> None:
         while self.in_flight:
@@ -129,6 +153,7 @@ async def run_replay(
     batch_size: int,
     label_delay_ms: int,
     concurrency: int = 1,
+    degraded_retries: int = 4,
     progress: bool = True,
 ) -> ReplayResult:
     """Sends every batch and every due label, in an order that gives the sequential replay's answers."""
@@ -139,7 +164,7 @@ async def run_replay(
     row_batch = np.repeat(np.arange(len(bounds)), [stop - start for start, stop in bounds]).astype(np.int64)
     feed = LabelFeed(stream, row_batch)
     payloads = TransactionPayloads(stream.frame, stream.ts_ms)
-    replayer = _Replayer(stream, client, bounds, concurrency)
+    replayer = _Replayer(stream, client, bounds, concurrency, degraded_retries)
     replayer.bar = tqdm(total=len(stream.frame), unit="tx", disable=not progress, smoothing=0.05)
     started = time.perf_counter()
     try:
@@ -157,4 +182,6 @@ async def run_replay(
         replayer.cancel()
         replayer.bar.close()
     elapsed = time.perf_counter() - started
-    return ReplayResult(replayer.scores(), elapsed, len(bounds), replayer.statuses, client.retries)
+    return ReplayResult(
+        replayer.scores(), elapsed, len(bounds), replayer.statuses, client.retries, replayer.resent_degraded
+    )

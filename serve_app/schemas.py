@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -12,6 +12,8 @@ MAX_AMOUNT = 1_000_000.0
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
 CHANNELS = ("pos", "online", "atm")
 MAX_BATCH = 1000
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Decision = Literal["approve", "review", "decline"]
 Identifier = Annotated[str, Field(pattern=ID_PATTERN, description="1-64 chars: letters, digits, _ . : -")]
@@ -50,7 +52,8 @@ class Transaction(BaseModel):
 
     @property
     def timestamp_ms(self) -> int:
-        return int(self.timestamp.timestamp() * 1000)
+        """Epoch milliseconds, floored with integer arithmetic (float seconds can land 1 ms short)."""
+        return (self.timestamp - _EPOCH) // timedelta(milliseconds=1)
 
 
 class BatchScoreRequest(BaseModel):

@@ -183,8 +183,9 @@ def choose_thresholds(y_val: npt.ArrayLike, p_val: FloatArray) -> tuple[float, f
     # recall is non-increasing in the threshold, so the last index with recall >= target is the highest.
     review_by_recall = float(thresholds[np.flatnonzero(recall >= REVIEW_RECALL)[-1]])
     sorted_scores = np.sort(np.asarray(p_val, dtype=np.float64))
-    flagged_share = 1.0 - np.searchsorted(sorted_scores, thresholds, side="left") / len(sorted_scores)
-    within_capacity = np.flatnonzero(flagged_share <= MAX_REVIEW_RATE)
+    # Counts, not shares: 1 - 970/1000 is 0.030000000000000027 in floating point.
+    flagged = len(sorted_scores) - np.searchsorted(sorted_scores, thresholds, side="left")
+    within_capacity = np.flatnonzero(flagged <= MAX_REVIEW_RATE * len(sorted_scores))
     review_by_rate = float(thresholds[within_capacity[0]]) if len(within_capacity) else float(thresholds[-1])
     review = min(max(review_by_recall, review_by_rate), decline)
     return review, decline

@@ -121,6 +121,9 @@ def build_scheduler(job: TuneJobConfig) -> TrialScheduler:
         max_t=job.scheduler.max_t,
         grace_period=job.scheduler.grace_period,
         reduction_factor=job.scheduler.reduction_factor,
+        # max_t only places the rungs. Stopping a trial there would kill it one report before its final,
+        # ensemble-scored report (n_estimators often equals max_t); trials end by themselves anyway.
+        stop_last_trials=False,
     )
 
 

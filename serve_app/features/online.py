@@ -17,7 +17,6 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
 from typing import Any, NamedTuple
@@ -36,7 +35,6 @@ from serve_app.schemas import Transaction
 logger = logging.getLogger(__name__)
 
 KEY_TTL_MS = RETENTION_MS + DAY_MS  # wall-clock lifetime of every key, refreshed on each write
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MEMBER_SEPARATOR = "|"
 Call = tuple[list[str], list[str]]  # (KEYS, ARGV) of one EVALSHA
 
@@ -67,11 +65,6 @@ def lua_sha() -> str:
     return hashlib.sha1(lua_source().encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
-def _exact_ms(moment: datetime) -> int:
-    """Floor to epoch milliseconds with integer arithmetic (float seconds * 1000 can land 1 ms short)."""
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
-
-
 class StoreEvent(NamedTuple):
     """What the store needs from one transaction."""
 
@@ -85,9 +78,7 @@ class StoreEvent(NamedTuple):
 
     @classmethod
     def from_transaction(cls, t: Transaction) -> StoreEvent:
-        return cls(
-            t.transaction_id, _exact_ms(t.timestamp), t.customer_id, t.merchant_id, t.amount, t.lat, t.lon
-        )
+        return cls(t.transaction_id, t.timestamp_ms, t.customer_id, t.merchant_id, t.amount, t.lat, t.lon)
 
 
 class LabelEvent(NamedTuple):
@@ -322,6 +313,21 @@ class SyncOnlineFeatureStore:
             return raw_columns([])
         replies = self._evalsha_all([transaction_call(self.keys, ev) for ev in events])
         return raw_columns([_transaction_result(ev, r)[1] for ev, r in zip(events, replies, strict=True)])
+
+    def apply_labels(self, labels: Sequence[LabelEvent]) -> list[str]:
+        """As OnlineFeatureStore.apply_labels, blocking."""
+        if not labels:
+            return []
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for key in _label_lookups(self.keys, labels):
+                pipe.hmget(key, ["c", "m"])
+            owners = pipe.execute()
+        except RedisError as exc:
+            raise OnlineStoreError(f"online store unavailable: {exc}") from exc
+        calls = _label_calls(self.keys, labels, owners)
+        answers = dict(zip(calls, self._evalsha_all(list(calls.values())) if calls else [], strict=True))
+        return [str(answers.get(i, "unknown")) for i in range(len(labels))]
 
     def replay(self, items: Sequence[StoreEvent | KeyedLabel]) -> list[str]:
         """Transactions and labels in the given (event-time) order, one pipeline; a status per item.

@@ -33,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "agreement-test-key"
 MODEL_NAME = "fraud-scorer"
 LABEL_DELAY_DAYS = 2.0
-TRAIN_UNTIL = "2026-01-21"  # 20 days of training history, then 10 days replayed live
+TRAIN_UNTIL = "2026-01-23"  # 22 days of training history, then 8 days replayed live
 PR_AUC_TOLERANCE = 0.01
 
 
@@ -99,7 +99,7 @@ async def _replay(stream: ReplayStream, url: str, delay_ms: int) -> ReplayResult
     try:
         # Small batches and two in flight: exercises the conflict-aware scheduling, not just the happy path.
         return await run_replay(
-            stream, client, batch_size=250, label_delay_ms=delay_ms, concurrency=2, progress=False
+            stream, client, batch_size=500, label_delay_ms=delay_ms, concurrency=2, progress=False
         )
     finally:
         await client.aclose()
