@@ -67,7 +67,7 @@ class Meter:
         self.t0 = time.perf_counter()
         self.me0 = sum(self.me.cpu_times()[:2])
         self.machine0 = psutil.cpu_times()
-        self.result: dict[str, float | None] = {}
+        self.result: dict[str, Any] = {}
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -80,6 +80,7 @@ class Meter:
             "server_cpu_cores": round(usage.cpu_cores, 3) if usage else None,
             "server_rss_mb": round(usage.rss_mb_max, 1) if usage else None,
             "server_processes": usage.processes if usage else None,
+            "server_cores_by_process": usage.cores_by_process if usage else None,
             "generator_cpu_cores": round((sum(self.me.cpu_times()[:2]) - self.me0) / elapsed, 3),
             # Busy cores of the whole machine: well above server + generator means someone else was busy.
             "machine_busy_cores": round((total - idle) / total * (psutil.cpu_count() or 1), 3)

@@ -29,6 +29,16 @@ Clock = Callable[[], float]  # seconds since the epoch, like time.time
 HABITS_PER_CUSTOMER = 14  # the generator's own maximum number of habitual merchants
 LOCAL_RADIUS_KM = 60.0  # "near home": a city and its suburbs
 BURST_CATEGORIES = ("digital_goods", "online_retail", "subscription")
+REQUIRED_COLUMNS = (
+    "customer_id",
+    "merchant_id",
+    "amount",
+    "merchant_category",
+    "channel",
+    "currency",
+    "lat",
+    "lon",
+)
 
 
 @dataclass(frozen=True)
@@ -73,17 +83,7 @@ def _optional(value: float) -> float | None:
 
 def population_from_transactions(df: pd.DataFrame) -> Population:
     """Learn customers, merchants and amount profiles from a generated (or user) transaction frame."""
-    required = {
-        "customer_id",
-        "merchant_id",
-        "amount",
-        "merchant_category",
-        "channel",
-        "currency",
-        "lat",
-        "lon",
-    }
-    missing = sorted(required - set(df.columns))
+    missing = sorted(set(REQUIRED_COLUMNS) - set(df.columns))
     if missing:
         raise ValueError(f"transactions lack column(s) {missing} needed to build a payload population")
     genuine = df[df["is_fraud"] == 0] if "is_fraud" in df.columns else df

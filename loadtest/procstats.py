@@ -31,6 +31,7 @@ class Usage:
     rss_mb_max: float
     processes: int
     samples: list[Sample] = field(default_factory=list, repr=False)
+    cores_by_process: dict[str, float] = field(default_factory=dict)  # where the CPU went, by label
 
     def memory_growth_pct(self, early: tuple[float, float] = (0.1, 0.2), late: float = 0.9) -> float | None:
         """Mean RSS of the last tenth against the tenth after warm-up, in percent (None: too few samples)."""
@@ -43,6 +44,23 @@ class Usage:
             return None
         base = sum(first) / len(first)
         return (sum(last) / len(last) - base) / base * 100.0
+
+
+def process_label(proc: psutil.Process) -> str:
+    """A readable name: Ray sets worker titles such as `ray::ServeReplica:fraud:Ingress`."""
+    try:
+        cmdline = proc.cmdline()
+    except psutil.Error:
+        return "?"
+    first = cmdline[0] if cmdline else proc.name()
+    if first.startswith("ray::"):
+        return first.split()[0]
+    if len(cmdline) > 1 and first.rsplit("/", 1)[-1].startswith("python"):
+        if "-m" in cmdline[1:-1]:
+            return f"python -m {cmdline[cmdline.index('-m') + 1]}"
+        script = next((a for a in cmdline[1:] if not a.startswith("-")), "")
+        return f"python {script.rsplit('/', 1)[-1][:40]}"
+    return first.rsplit("/", 1)[-1]
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
@@ -60,6 +78,7 @@ class ProcessTreeSampler:
         self.interval_s = interval_s
         self._cpu_start: dict[int, float] = {}
         self._cpu_last: dict[int, float] = {}
+        self._labels: dict[int, str] = {}
         self._samples: list[Sample] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,6 +106,8 @@ class ProcessTreeSampler:
             # worker): all its CPU time belongs to the interval.
             self._cpu_start.setdefault(proc.pid, cpu if self._baseline else 0.0)
             self._cpu_last[proc.pid] = cpu
+            if proc.pid not in self._labels:
+                self._labels[proc.pid] = process_label(proc)
         self._samples.append(Sample(time.monotonic() - self._t0, rss / 2**20, alive))
 
     def _run(self) -> None:
@@ -97,6 +118,7 @@ class ProcessTreeSampler:
         self._t0 = time.monotonic()
         self._cpu_start.clear()
         self._cpu_last.clear()
+        self._labels.clear()
         self._samples.clear()
         self._baseline = True
         self._sample()
@@ -112,7 +134,12 @@ class ProcessTreeSampler:
         self._sample()
         self._stop.clear()
         elapsed = max(self._samples[-1].t, 1e-9)
-        cpu = sum(self._cpu_last[pid] - self._cpu_start.get(pid, 0.0) for pid in self._cpu_last)
+        used = {pid: self._cpu_last[pid] - self._cpu_start.get(pid, 0.0) for pid in self._cpu_last}
+        by_label: dict[str, float] = {}
+        for pid, seconds in used.items():
+            label = self._labels.get(pid, "?")
+            by_label[label] = by_label.get(label, 0.0) + seconds / elapsed
+        cpu = sum(used.values())
         rss = [s.rss_mb for s in self._samples]
         return Usage(
             cpu_cores=max(cpu, 0.0) / elapsed,
@@ -120,6 +147,9 @@ class ProcessTreeSampler:
             rss_mb_max=max(rss),
             processes=self._samples[-1].processes,
             samples=list(self._samples),
+            cores_by_process={
+                k: round(v, 3) for k, v in sorted(by_label.items(), key=lambda kv: -kv[1]) if v >= 0.005
+            },
         )
 
 

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +29,29 @@ DEPLOY_TIMEOUT_S = 300.0
 FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
+DEFAULT_HISTORY_FILE = "transactions.parquet"  # what `python -m train` generates on first use
+
+
 @dataclass
 class Running:
     """What this process started and must stop, in reverse order."""
 
     redis: EmbeddedRedis | None = None
+    warming: subprocess.Popen[bytes] | None = None
     ray_started: bool = False
+
+
+class StopRequested(BaseException):
+    """Ctrl-C or SIGTERM. A BaseException, like KeyboardInterrupt, so no `except Exception` swallows it."""
+
+
+def _request_stop(_signum: int, _frame: FrameType | None) -> None:
+    raise StopRequested
+
+
+def handle_stop_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _request_stop)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--config", type=Path, default=REPO_ROOT / "serve_config.yaml", help="Serve config")
     parser.add_argument("--no-train", action="store_true", help="fail instead of training a missing champion")
+    parser.add_argument(
+        "--no-warm", action="store_true", help="do not load the default history into an empty embedded store"
+    )
     parser.add_argument("--dashboard-port", type=int, default=8265, help="Ray dashboard port on 127.0.0.1")
     parser.add_argument("--num-cpus", type=float, default=None, help="CPUs Ray may use (default: all)")
     return parser.parse_args(argv)
@@ -99,6 +118,49 @@ def start_redis(settings: Settings, running: Running) -> str:
     port = PREFERRED_REDIS_PORT if port_is_free(PREFERRED_REDIS_PORT) else free_port()
     running.redis = EmbeddedRedis(directory=settings.data_dir.resolve() / "redis", port=port).start()
     return running.redis.url
+
+
+def store_is_empty(redis_url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        return next(client.scan_iter(match="fraud:*", count=1000), None) is None
+    finally:
+        client.close()
+
+
+def start_warming(settings: Settings, running: Running, redis_url: str) -> None:
+    """Load the default history into a fresh embedded store, so customers (and the README samples) have
+    their past. Runs beside Ray's start-up; Redis keeps the result (AOF), so this happens once."""
+    history = settings.data_dir.resolve() / DEFAULT_HISTORY_FILE
+    if running.redis is None or not history.is_file() or not store_is_empty(redis_url):
+        return
+    print(f"Warming the online store from {history} (python -m train.materialize; first run only) ...")
+    running.warming = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "train.materialize",
+            "--data",
+            str(history),
+            "--redis-url",
+            redis_url,
+            "--quiet",
+        ],
+        cwd=REPO_ROOT,
+    )
+
+
+def finish_warming(running: Running) -> None:
+    if running.warming is None:
+        return
+    code = running.warming.wait()
+    running.warming = None
+    if code != 0:
+        print(
+            f"warning: warming the store failed (exit {code}); scoring works, with less history", flush=True
+        )
 
 
 def read_config(path: Path) -> Any:
@@ -162,6 +224,11 @@ def banner(config: Any, port: int, dashboard_url: str, tracking_uri: str, genera
 
 
 def shutdown(running: Running) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish cleaning up; a second Ctrl-C still interrupts
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if running.warming is not None:
+        running.warming.terminate()
+        running.warming.wait()
     if running.ray_started:
         import ray
         from ray import serve
@@ -185,12 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["FRAUD_DATA_DIR"] = str(data_dir)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     config = read_config(args.config)
-    ensure_champion(settings, tracking_uri, allow_training=not args.no_train)
-
     running = Running()
-    stop = threading.Event()
+    handle_stop_signals()
     try:
+        ensure_champion(settings, tracking_uri, allow_training=not args.no_train)
         os.environ["FRAUD_REDIS_URL"] = start_redis(settings, running)
+        if not args.no_warm:
+            start_warming(settings, running, os.environ["FRAUD_REDIS_URL"])
         generated_key = None
         if not settings.api_key_list():
             generated_key = secrets.token_urlsafe(24)
@@ -214,17 +282,14 @@ def main(argv: list[str] | None = None) -> int:
             log_to_driver=False,
         )
         running.ray_started = True
-        for signum in (signal.SIGINT, signal.SIGTERM):
-
-            def request_stop(_signum: int, _frame: FrameType | None) -> None:
-                stop.set()
-
-            signal.signal(signum, request_stop)
+        handle_stop_signals()  # again: ray.init installs its own SIGTERM handler
         port = deploy(config)
+        finish_warming(running)
         dashboard = context.dashboard_url or f"127.0.0.1:{args.dashboard_port}"
         print(banner(config, port, f"http://{dashboard}", tracking_uri, generated_key), flush=True)
-        while not stop.wait(timeout=1.0):
-            pass
+        while True:
+            time.sleep(3600)
+    except StopRequested:
         print("\nStopping Serve, Ray and Redis ...", flush=True)
     finally:
         shutdown(running)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 # Limits shared with the offline loader (train.data) so a file row and an HTTP body obey the same rules.
 MAX_AMOUNT = 1_000_000.0
@@ -19,13 +20,24 @@ Decision = Literal["approve", "review", "decline"]
 Identifier = Annotated[str, Field(pattern=ID_PATTERN, description="1-64 chars: letters, digits, _ . : -")]
 
 
+# Date, time and offset as text. A bare number is refused: epoch seconds and milliseconds cannot be told
+# apart reliably, and a guess puts the event in the wrong window.
+_RFC3339_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _require_rfc3339_text(value: object) -> object:
+    if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339_TEXT.match(value)):
+        return value
+    raise ValueError("timestamp must be an RFC 3339 string, e.g. 2026-01-31T23:15:00Z")
+
+
 def _require_timezone(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("timestamp must carry a timezone offset (RFC 3339), e.g. 2026-01-31T23:15:00Z")
     return value
 
 
-Timestamp = Annotated[datetime, AfterValidator(_require_timezone)]
+Timestamp = Annotated[datetime, BeforeValidator(_require_rfc3339_text), AfterValidator(_require_timezone)]
 
 
 class Transaction(BaseModel):
@@ -37,12 +49,13 @@ class Transaction(BaseModel):
     timestamp: Timestamp
     customer_id: Identifier
     merchant_id: Identifier
-    amount: float = Field(gt=0, le=MAX_AMOUNT, description="Amount in the currency's major unit")
+    # strict: a JSON number only (true is not 1, "42.5" is not a number); ints are still accepted.
+    amount: float = Field(gt=0, le=MAX_AMOUNT, strict=True, description="Amount in the currency's major unit")
     currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
     merchant_category: str | None = Field(None, pattern=r"^[a-z_]{1,32}$")
     channel: Literal["pos", "online", "atm"] | None = None
-    lat: float | None = Field(None, ge=-90, le=90)
-    lon: float | None = Field(None, ge=-180, le=180)
+    lat: float | None = Field(None, ge=-90, le=90, strict=True)
+    lon: float | None = Field(None, ge=-180, le=180, strict=True)
 
     @model_validator(mode="after")
     def _coordinates_come_in_pairs(self) -> Transaction:
@@ -89,7 +102,7 @@ class Feedback(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     transaction_id: Identifier
-    is_fraud: bool
+    is_fraud: bool = Field(strict=True, description="JSON true or false")
     labelled_at: Timestamp
 
 

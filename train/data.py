@@ -49,7 +49,8 @@ def _fail(bad: BoolArray, column: str, problem: str, row: _RowNamer, values: pd.
         return
     shown = []
     for pos in positions[:_MAX_LISTED]:
-        got = "" if values is None else f" (got {values.iloc[pos]!r})"
+        # Shortened: a misplaced column could hold long or sensitive text, and messages end up in logs.
+        got = "" if values is None else f" (got {repr(values.iloc[pos])[:40]})"
         shown.append(f"{row(int(pos))}{got}")
     more = f" and {len(positions) - _MAX_LISTED} more rows" if len(positions) > _MAX_LISTED else ""
     raise DataValidationError(f"column {column!r}: {problem} at {', '.join(shown)}{more}")

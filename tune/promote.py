@@ -259,6 +259,7 @@ def run_promotion(
         # Compare-and-set: someone else may have moved the champion while we were evaluating.
         current = resolve_alias_version(model_name, CHAMPION, tracking_uri)
         if current != champion_before:
+            client.set_tag(run_id, "decision", "aborted")
             raise PromotionError(
                 f"{CHAMPION} moved from {champion_before} to {current} meanwhile; nothing changed"
             )

@@ -46,10 +46,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FloatRange(_Strict):
-    """A continuous range; `log: true` samples uniformly in log space."""
-
-    type: Literal["float"]
+class _Range(_Strict):
     low: float
     high: float
     log: bool = False
@@ -63,21 +60,18 @@ class FloatRange(_Strict):
         return self
 
 
-class IntRange(_Strict):
+class FloatRange(_Range):
+    """A continuous range; `log: true` samples uniformly in log space."""
+
+    type: Literal["float"]
+
+
+class IntRange(_Range):
     """Integers from low to high, both included."""
 
     type: Literal["int"]
     low: int
     high: int
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError("log ranges need low > 0")
-        return self
 
 
 class Choice(_Strict):
@@ -203,7 +197,7 @@ class SchedulerConfig(_Strict):
     name: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(50, ge=1, description="Rounds every trial gets before it can be stopped")
     reduction_factor: float = Field(3.0, gt=1)
-    max_t: int = Field(1000, ge=1, description="Rounds after which no trial continues")
+    max_t: int = Field(1000, ge=1, description="Top of the rung ladder, in rounds (set it to n_estimators)")
 
     @model_validator(mode="after")
     def _grace_within_max(self) -> Self:

@@ -15,11 +15,12 @@ from mlflow import MlflowClient
 from serve_app.features.contract import FEATURE_NAMES
 from serve_app.model_store import ModelStoreError, load_registered_bundle, resolve_alias_version
 from serve_app.redis_server import free_port
+from train.__main__ import CHAMPION as cli_champion
 from train.__main__ import main, parse_args, run
 from train.data import load_transactions
 from train.generate import GeneratorConfig, generate, write_transactions
 from train.pipeline import features_for
-from train.registry import RegisteredVersion, log_and_register
+from train.registry import CHAMPION, RegisteredVersion, log_and_register
 
 pytestmark = pytest.mark.integration
 MODEL = "fraud-scorer"
@@ -37,7 +38,8 @@ def test_train_register_and_load_back(
     small_csv: Path, mlflow_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     outcome, registered = run(parse_args(["--data", str(small_csv), "--experiment", "it-training"]))
-    assert (registered.name, registered.version, registered.alias) == (MODEL, "1", "champion")
+    assert (registered.name, registered.version, registered.alias) == (MODEL, "1", CHAMPION)
+    assert cli_champion == CHAMPION  # the CLI repeats the constant to keep --help free of MLflow imports
     assert resolve_alias_version(MODEL, "champion", mlflow_uri) == "1"
     assert resolve_alias_version(MODEL, "challenger", mlflow_uri) is None
     assert resolve_alias_version("no-such-model", "champion", mlflow_uri) is None

@@ -1,0 +1,196 @@
+"""The stack the fault scenarios (and the reliability tests) run against: the real graph from
+serve_config.yaml on a Redis of the caller's choosing, plus the probes that look inside it (replica actors,
+log files, listening sockets)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import yaml
+
+from serve_app.redis_server import free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+APP_NAME = "fraud"
+SERVE_NAMESPACE = "serve"
+
+
+@dataclass(frozen=True)
+class DeployedGraph:
+    """A running graph: where it listens, which keys it accepts, which Redis it uses."""
+
+    base_url: str
+    api_key: str
+    admin_key: str
+    redis_url: str
+    app_name: str = APP_NAME
+
+    def client(self, key: str | None = None, timeout_s: float = 30.0) -> httpx.Client:
+        """An HTTP client sending `key` (default: the valid API key) as X-API-Key."""
+        headers = {"X-API-Key": key if key is not None else self.api_key}
+        return httpx.Client(base_url=self.base_url, timeout=timeout_s, headers=headers)
+
+    @property
+    def port(self) -> int:
+        return int(httpx.URL(self.base_url).port or 80)
+
+
+def train_small_bundle(directory: Path, seed: int = 5) -> Path:
+    """A champion-like bundle from the training code on a small generated set (~20 s), saved as a directory."""
+    from serve_app.bundle import save_bundle
+    from train.fit import FitConfig
+    from train.generate import GeneratorConfig, generate
+    from train.pipeline import features_for, split_by_time, train_and_evaluate
+
+    df = generate(GeneratorConfig(customers=150, merchants=50, days=14, seed=seed, fraud_rate_target=0.03))
+    outcome = train_and_evaluate(
+        df, features_for(df, 2.0), split_by_time(df["timestamp"]), FitConfig(xgb_max_rounds=30)
+    )
+    save_bundle(outcome.bundle, directory)
+    return directory
+
+
+def graph_config(
+    redis_url: str,
+    bundle_dir: Path,
+    env: Mapping[str, str],
+    args: Mapping[str, Any] | None = None,
+    deployments: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Any:
+    """serve_config.yaml as shipped, with the given Redis, bundle directory, replica environment and
+    per-deployment overrides; on a free port (an already running Serve keeps its own)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text(encoding="utf-8"))
+    raw["http_options"]["port"] = free_port()
+    (app,) = raw["applications"]
+    app["args"].update({"redis_url": redis_url, "bundle_dir": str(bundle_dir), **(args or {})})
+    app["runtime_env"] = {"env_vars": dict(env)}
+    for deployment in app["deployments"]:
+        deployment.update((deployments or {}).get(deployment["name"], {}))
+    return ServeDeploySchema.model_validate(raw)
+
+
+@contextmanager
+def deployed_graph(
+    redis_url: str,
+    bundle_dir: Path,
+    data_dir: Path,
+    args: Mapping[str, Any] | None = None,
+    deployments: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Iterator[DeployedGraph]:
+    """Deploy the graph into the Ray this process is connected to, yield it, delete it.
+
+    Keys are fresh random values handed to the replicas through their runtime_env, as in production.
+    """
+    from ray import serve
+
+    from serve_app.run import deploy
+
+    api_key, admin_key = "api-" + secrets.token_hex(12), "admin-" + secrets.token_hex(12)
+    env = {
+        "FRAUD_API_KEYS": f"spare-{secrets.token_hex(4)},{api_key}",
+        "FRAUD_ADMIN_KEYS": admin_key,
+        "FRAUD_REDIS_URL": redis_url,
+        "FRAUD_DATA_DIR": str(data_dir),
+    }
+    config = graph_config(redis_url, bundle_dir, env, args, deployments)
+    (app,) = config.applications
+    port = deploy(config, timeout_s=240)
+    try:
+        yield DeployedGraph(f"http://127.0.0.1:{port}", api_key, admin_key, redis_url, app.name)
+    finally:
+        serve.delete(app.name)
+
+
+# ---- looking inside -----------------------------------------------------------------------------------
+
+
+def luhn_card_number(prefix: str = "4") -> str:
+    """A random 16-digit number that passes the Luhn check: what a real card number looks like."""
+    body = prefix + "".join(str(secrets.randbelow(10)) for _ in range(15 - len(prefix)))
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        digit = int(ch)
+        if i % 2 == 0:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return body + str((10 - total % 10) % 10)
+
+
+def ray_logs_dir() -> Path:
+    """The log directory of the Ray this process is connected to (serve/ holds the replica logs)."""
+    import ray._private.worker as ray_worker
+
+    node = ray_worker._global_node
+    if node is None:
+        raise RuntimeError("Ray is not initialised in this process")
+    return Path(node.get_logs_dir_path())
+
+
+def files_containing(needles: list[str], roots: list[Path]) -> dict[str, list[str]]:
+    """Which needles occur in which files under `roots` (every regular file, decoding errors replaced)."""
+    found: dict[str, list[str]] = {}
+    for root in roots:
+        for path in root.rglob("*"):
+            if not path.is_file():
+                continue
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            for needle in needles:
+                if needle in text:
+                    found.setdefault(needle, []).append(str(path))
+    return found
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a socket listening on `port` (any process)."""
+    return {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+    }
+
+
+def replica_actor_names(app_name: str = APP_NAME) -> dict[str, list[str]]:
+    """Live replica actors of an app by deployment name (Serve names them SERVE_REPLICA::app#dep#id)."""
+    import ray
+
+    replicas: dict[str, list[str]] = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        name = str(actor["name"])
+        if actor["namespace"] != SERVE_NAMESPACE or not name.startswith(f"SERVE_REPLICA::{app_name}#"):
+            continue
+        deployment = name.split("#")[1]
+        replicas.setdefault(deployment, []).append(name)
+    return replicas
+
+
+def kill_replica(actor_name: str) -> None:
+    """ray.kill one replica, as a crashed worker process would die; Serve's controller replaces it."""
+    import ray
+
+    ray.kill(ray.get_actor(actor_name, namespace=SERVE_NAMESPACE), no_restart=True)
+
+
+def wait_until_healthy(app_name: str = APP_NAME, timeout_s: float = 120.0) -> float:
+    """Seconds until every deployment of the app is HEALTHY again (raises after `timeout_s`)."""
+    from ray import serve
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        app = serve.status().applications.get(app_name)
+        if app is not None and all(d.status == "HEALTHY" for d in app.deployments.values()):
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise TimeoutError(f"{app_name} not healthy within {timeout_s:.0f} s")
