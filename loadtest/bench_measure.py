@@ -45,11 +45,11 @@ class BenchPlan:
 
     @classmethod
     def full(cls, slo_p99_ms: float = 100.0) -> BenchPlan:
-        return cls(3.0, 10.0, 8.0, 50.0, 1.4, 16, 2, 5000.0, 15.0, 240, slo_p99_ms=slo_p99_ms)
+        return cls(3.0, 10.0, 8.0, 20.0, 1.4, 18, 2, 5000.0, 15.0, 200, slo_p99_ms=slo_p99_ms)
 
     @classmethod
     def quick(cls, slo_p99_ms: float = 100.0) -> BenchPlan:
-        return cls(1.0, 2.0, 2.0, 50.0, 2.0, 6, 0, 2000.0, 3.0, 30, slo_p99_ms=slo_p99_ms, cooldown_s=1.0)
+        return cls(1.0, 2.0, 2.0, 20.0, 2.0, 7, 0, 2000.0, 3.0, 30, slo_p99_ms=slo_p99_ms, cooldown_s=1.0)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -133,5 +133,12 @@ def graph_server(port: int, redis_url: str, work_dir: Path, api_key: str) -> Ser
         command=command,
         base_url=f"http://127.0.0.1:{port}",
         log_path=work_dir / "graph.log",
-        env={"FRAUD_API_KEYS": api_key, "FRAUD_REDIS_URL": redis_url},
+        env={
+            "FRAUD_API_KEYS": api_key,
+            "FRAUD_REDIS_URL": redis_url,
+            # HAProxy's own metrics and stats listeners default to fixed ports (9101, 8404): a second
+            # graph on the machine (someone's `make run`) would make ours crash at start-up.
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        },
     )

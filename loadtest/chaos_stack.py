@@ -4,6 +4,7 @@ log files, listening sockets)."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -44,7 +45,7 @@ class DeployedGraph:
 
 
 def train_small_bundle(directory: Path, seed: int = 5) -> Path:
-    """A champion-like bundle from the training code on a small generated set (~20 s), saved as a directory."""
+    """A champion-like bundle: the training code on a small generated set (~20 s), saved to `directory`."""
     from serve_app.bundle import save_bundle
     from train.fit import FitConfig
     from train.generate import GeneratorConfig, generate
@@ -79,6 +80,56 @@ def graph_config(
     return ServeDeploySchema.model_validate(raw)
 
 
+def write_secret(path: Path, text: str) -> Path:
+    """Create `path` readable by its owner only, then write `text` (never world-readable, even briefly)."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """A graph ready to deploy: its Serve config and the keys written for its replicas."""
+
+    config: Any
+    api_key: str
+    admin_key: str
+    redis_url: str
+
+
+def prepare_graph(
+    redis_url: str,
+    bundle_dir: Path,
+    data_dir: Path,
+    args: Mapping[str, Any] | None = None,
+    deployments: Mapping[str, Mapping[str, Any]] | None = None,
+) -> GraphSpec:
+    """Fresh random keys in owner-only files whose *paths* reach the replicas through their runtime_env:
+    Ray logs a runtime_env verbatim (runtime_env_agent.log), so the keys themselves must not travel in it."""
+    api_key, admin_key = "api-" + secrets.token_hex(12), "admin-" + secrets.token_hex(12)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    api_keys = write_secret(data_dir / "api_keys", f"spare-{secrets.token_hex(4)},{api_key}")
+    env = {
+        "FRAUD_API_KEYS_FILE": str(api_keys),
+        "FRAUD_ADMIN_KEYS_FILE": str(write_secret(data_dir / "admin_keys", admin_key)),
+        "FRAUD_REDIS_URL": redis_url,
+        "FRAUD_DATA_DIR": str(data_dir),
+    }
+    config = graph_config(redis_url, bundle_dir, env, args, deployments)
+    return GraphSpec(config, api_key, admin_key, redis_url)
+
+
+def deploy_graph(spec: GraphSpec, timeout_s: float = 240.0) -> DeployedGraph:
+    """Deploy into the Ray this process is connected to; a no-op when the same config already runs."""
+    from serve_app.run import deploy
+
+    (app,) = spec.config.applications
+    port = deploy(spec.config, timeout_s=timeout_s)
+    return DeployedGraph(f"http://127.0.0.1:{port}", spec.api_key, spec.admin_key, spec.redis_url, app.name)
+
+
 @contextmanager
 def deployed_graph(
     redis_url: str,
@@ -87,28 +138,14 @@ def deployed_graph(
     args: Mapping[str, Any] | None = None,
     deployments: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[DeployedGraph]:
-    """Deploy the graph into the Ray this process is connected to, yield it, delete it.
-
-    Keys are fresh random values handed to the replicas through their runtime_env, as in production.
-    """
+    """Deploy a graph, yield it, delete it."""
     from ray import serve
 
-    from serve_app.run import deploy
-
-    api_key, admin_key = "api-" + secrets.token_hex(12), "admin-" + secrets.token_hex(12)
-    env = {
-        "FRAUD_API_KEYS": f"spare-{secrets.token_hex(4)},{api_key}",
-        "FRAUD_ADMIN_KEYS": admin_key,
-        "FRAUD_REDIS_URL": redis_url,
-        "FRAUD_DATA_DIR": str(data_dir),
-    }
-    config = graph_config(redis_url, bundle_dir, env, args, deployments)
-    (app,) = config.applications
-    port = deploy(config, timeout_s=240)
+    running = deploy_graph(prepare_graph(redis_url, bundle_dir, data_dir, args, deployments))
     try:
-        yield DeployedGraph(f"http://127.0.0.1:{port}", api_key, admin_key, redis_url, app.name)
+        yield running
     finally:
-        serve.delete(app.name)
+        serve.delete(running.app_name)
 
 
 # ---- looking inside -----------------------------------------------------------------------------------

@@ -134,6 +134,3 @@ class FeatureFetcher:
             return await asyncio.wait_for(self.store.ping(), timeout=max(0.5, self.deadline_s))
         except TimeoutError:
             return False
-
-    async def __del__(self) -> None:
-        await self.store.aclose()

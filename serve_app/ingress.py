@@ -79,13 +79,13 @@ class Ingress:
         model_alias: str,
         max_body_bytes: int,
     ) -> None:
-        self.fetcher, self.lr_model, self.xgb_model, self.rule_engine = (
-            fetcher,
-            lr_model,
-            xgb_model,
-            rule_engine,
-        )
-        self.loader, self.model_alias, self.max_body_bytes = loader, model_alias, max_body_bytes
+        self.fetcher = fetcher
+        self.lr_model = lr_model
+        self.xgb_model = xgb_model
+        self.rule_engine = rule_engine
+        self.loader = loader
+        self.model_alias = model_alias
+        self.max_body_bytes = max_body_bytes
         self.bundle: ModelBundle = loader(model_alias)
         self.reload_lock = asyncio.Lock()
         # Keys come from this replica's environment (runtime_env), never from args that Serve displays.

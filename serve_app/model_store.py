@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from serve_app.bundle import BUNDLE_JSON, ModelBundle, load_bundle
+from serve_app.bundle import BUNDLE_JSON, BundleError, ModelBundle, load_bundle
 
 logger = logging.getLogger(__name__)
 # Where `mlflow.pyfunc.log_model(artifacts={"bundle": ...})` puts the bundle inside the model directory.
@@ -79,9 +79,14 @@ def _download(name: str, version: str, tracking_uri: str, target: Path) -> None:
         )
         staged = Path(tmp) / "complete"
         shutil.move(local, staged)
-        if target.exists():  # a half-written copy from an earlier crash; the download is authoritative
-            shutil.rmtree(target)
-        os.replace(staged, target)
+        if target.exists() and not (target / BUNDLE_JSON).is_file():
+            shutil.rmtree(target, ignore_errors=True)  # not a bundle this code produced (renames are atomic)
+        try:
+            os.replace(staged, target)
+        except OSError:
+            # Another replica on this host finished the same (immutable) version first: use theirs.
+            if not (target / BUNDLE_JSON).is_file():
+                raise
 
 
 def _write_pointer(cache_dir: Path, name: str, alias: str, version: str) -> None:
@@ -113,7 +118,7 @@ def _load_cached(cache_dir: Path, name: str, alias: str, reason: Exception) -> M
         name,
         pointer.version,
     )
-    return load_bundle(_model_dir(cache_dir, name) / pointer.version, version=pointer.version)
+    return load_bundle(_model_dir(cache_dir, name) / _slug(pointer.version), version=pointer.version)
 
 
 def load_registered_bundle(name: str, alias: str, tracking_uri: str, cache_dir: Path) -> ModelBundle:
@@ -134,11 +139,22 @@ def load_registered_bundle(name: str, alias: str, tracking_uri: str, cache_dir: 
             f"registered model {name!r} has no alias {alias!r}; train one with `python -m train`"
         )
     directory = _model_dir(cache_dir, name) / _slug(version)
-    if not (directory / BUNDLE_JSON).is_file():
+    cached = (directory / BUNDLE_JSON).is_file()
+    if cached:
+        try:
+            bundle = load_bundle(directory, version=version)
+        except BundleError:
+            # A damaged cache entry (disk trouble, a hand edit) heals by downloading the version again.
+            logger.warning(
+                "cached bundle %s version %s failed its checks; downloading it again", name, version
+            )
+            shutil.rmtree(directory, ignore_errors=True)
+            cached = False
+    if not cached:
         try:
             _download(name, version, tracking_uri, directory)
         except Exception as exc:
             return _load_cached(cache_dir, name, alias, exc)
-    bundle = load_bundle(directory, version=version)
+        bundle = load_bundle(directory, version=version)
     _write_pointer(cache_dir, name, alias, version)
     return bundle

@@ -116,25 +116,26 @@ def start_redis(settings: Settings, running: Running) -> str:
     if settings.redis_url:
         return settings.redis_url
     port = PREFERRED_REDIS_PORT if port_is_free(PREFERRED_REDIS_PORT) else free_port()
-    running.redis = EmbeddedRedis(directory=settings.data_dir.resolve() / "redis", port=port).start()
+    # A generous timeout: after a restart Redis first replays its append-only file (the warmed history).
+    running.redis = EmbeddedRedis(directory=settings.data_dir.resolve() / "redis", port=port).start(
+        timeout_s=180
+    )
     return running.redis.url
 
 
-def store_is_empty(redis_url: str) -> bool:
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    try:
-        return next(client.scan_iter(match="fraud:*", count=1000), None) is None
-    finally:
-        client.close()
+def warm_marker(running: Running) -> Path | None:
+    """Sits beside the embedded store's AOF files, so it lives and dies with the data it describes."""
+    return None if running.redis is None else running.redis.directory / "warmed-from-history"
 
 
 def start_warming(settings: Settings, running: Running, redis_url: str) -> None:
-    """Load the default history into a fresh embedded store, so customers (and the README samples) have
-    their past. Runs beside Ray's start-up; Redis keeps the result (AOF), so this happens once."""
+    """Load the default history into the embedded store, so customers (and the README samples) have their
+    past. Runs beside Ray's start-up; Redis keeps the result (AOF), so it happens on the first run only.
+    An interrupted load is simply run again: every write is idempotent by transaction_id.
+    """
     history = settings.data_dir.resolve() / DEFAULT_HISTORY_FILE
-    if running.redis is None or not history.is_file() or not store_is_empty(redis_url):
+    marker = warm_marker(running)
+    if marker is None or marker.exists() or not history.is_file():
         return
     print(f"Warming the online store from {history} (python -m train.materialize; first run only) ...")
     running.warming = subprocess.Popen(
@@ -157,7 +158,10 @@ def finish_warming(running: Running) -> None:
         return
     code = running.warming.wait()
     running.warming = None
-    if code != 0:
+    marker = warm_marker(running)
+    if code == 0 and marker is not None:
+        marker.write_text(f"{DEFAULT_HISTORY_FILE}\n", encoding="utf-8")
+    elif code != 0:
         print(
             f"warning: warming the store failed (exit {code}); scoring works, with less history", flush=True
         )
@@ -169,29 +173,60 @@ def read_config(path: Path) -> Any:
     return ServeDeploySchema.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
-def deploy(config: Any, timeout_s: float = DEPLOY_TIMEOUT_S) -> int:
-    """What `serve run serve_config.yaml` does: start Serve with the file's HTTP options, deploy its apps,
-    wait until they run. Returns the HTTP port Serve listens on (an already running Serve keeps its own).
-    """
-    from ray import serve
+def start_serve(config: Any) -> Any:
+    """Serve's controller and proxies with the file's HTTP and logging options (as `serve run` does)."""
+    import ray
     from ray.serve._private import api as serve_api  # the CLI's own entry point
     from ray.serve.config import gRPCOptions
 
-    client = serve_api.serve_start(
-        http_options=config.http_options.model_dump(),
-        proxy_location=config.proxy_location,
-        grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
-    )
+    options = {
+        "http_options": config.http_options.model_dump(),
+        "proxy_location": config.proxy_location,
+        "grpc_options": gRPCOptions(**config.grpc_options.model_dump()),
+        "global_logging_config": config.logging_config,
+    }
+    try:
+        return serve_api.serve_start(**options)
+    except (ray.exceptions.RayActorError, TimeoutError) as exc:
+        # On a busy machine the controller may restart a proxy that was slow to become ready, and the
+        # first start-up call then fails although Serve is up; the second call finds the controller.
+        logger.warning("Serve proxy restarted during start-up (%s); connecting again", type(exc).__name__)
+        return serve_api.serve_start(**options)
+
+
+def wait_until_serving(port: int, deadline: float) -> None:
+    """RUNNING means replicas are up; the proxy answering /healthz means clients can reach them."""
+    import httpx
+
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"Serve reports RUNNING but http://127.0.0.1:{port}/healthz does not answer")
+
+
+def deploy(config: Any, timeout_s: float = DEPLOY_TIMEOUT_S) -> int:
+    """What `serve run serve_config.yaml` does: start Serve with the file's options, deploy its apps, wait
+    until they answer. Returns the HTTP port (an already running Serve keeps its own).
+    """
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    client = start_serve(config)
     client.deploy_apps(config, _blocking=False)
     names = [app.name for app in config.applications]
-    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         statuses = serve.status().applications
         failed = [n for n in names if n in statuses and statuses[n].status in ("DEPLOY_FAILED", "UNHEALTHY")]
         if failed:
             raise SystemExit(f"deploying {failed[0]!r} failed: {statuses[failed[0]].message}")
         if all(n in statuses and statuses[n].status == "RUNNING" for n in names):
-            return int(client.http_config.port)
+            port = int(client.http_config.port)
+            wait_until_serving(port, deadline)
+            return port
         time.sleep(0.5)
     raise SystemExit(f"{names} not RUNNING after {timeout_s:.0f} s; see the Ray dashboard's Serve logs")
 

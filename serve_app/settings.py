@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     model_alias: str = Field("champion", description="Alias the serving graph loads")
     api_keys: SecretStr = Field(SecretStr(""), description="Comma-separated API keys for X-API-Key")
     admin_keys: SecretStr = Field(SecretStr(""), description="Comma-separated keys for admin routes")
+    # Files instead of values: Ray logs a replica's runtime_env (env vars included) in runtime_env_agent.log
+    # and shows it in the dashboard, so a key handed over that way leaks; a path does not.
+    api_keys_file: Path | None = Field(None, description="File of API keys, comma- or line-separated")
+    admin_keys_file: Path | None = Field(None, description="File of admin keys, comma- or line-separated")
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     label_delay_days: float = Field(2.0, ge=0, description="Days until a fraud label is known offline")
@@ -37,10 +41,18 @@ class Settings(BaseSettings):
         return str((self.data_dir / "mlartifacts").resolve())
 
     def api_key_list(self) -> list[str]:
-        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+        return _key_list(self.api_keys, self.api_keys_file)
 
     def admin_key_list(self) -> list[str]:
-        return [k.strip() for k in self.admin_keys.get_secret_value().split(",") if k.strip()]
+        return _key_list(self.admin_keys, self.admin_keys_file)
+
+
+def _key_list(inline: SecretStr, path: Path | None) -> list[str]:
+    """Keys given inline plus those in the file (a missing file is an error: it would lock everyone out)."""
+    text = inline.get_secret_value()
+    if path is not None:
+        text += "," + path.read_text(encoding="utf-8")
+    return [k.strip() for k in text.replace("\n", ",").split(",") if k.strip()]
 
 
 def get_settings() -> Settings:

@@ -11,6 +11,12 @@ import pytest
 from serve_app.redis_server import EmbeddedRedis, free_port
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Before any test module loads xgboost/sklearn (libgomp reads it once): spinning OpenMP waits made
+    # 2-thread XGBoost ~6x slower on a shared 2-core box; passive waits cost nothing when it is idle.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     """A real redis-server (the binary the product embeds), started once per session on a free port."""

@@ -193,7 +193,7 @@ def compromised_merchant(
     located = located[np.isin(world.m_city[located], world.home_cities)]
     traffic = np.bincount(genuine.merchant, minlength=len(world.m_cat))[located]
     # Busy (not the busiest) terminals: the fraud hides among plenty of normal payments.
-    lo_t, hi_t = np.quantile(traffic, [0.3, 0.8])
+    lo_t, hi_t = np.quantile(traffic, [0.2, 0.6])
     candidates = rng.permutation(located[(traffic >= lo_t) & (traffic <= hi_t)])
     parts: list[Rows] = []
     chosen: list[int] = []
@@ -207,7 +207,7 @@ def compromised_merchant(
         first_day = min(2, world.days - dur) + int(spot * (world.days - dur - min(2, world.days - dur) + 1))
         lo, hi = world.start_ms + first_day * DAY_MS, world.start_ms + (first_day + dur) * DAY_MS
         seen = int(np.count_nonzero((genuine.merchant == m) & (genuine.ts_ms >= lo) & (genuine.ts_ms < hi)))
-        share = rng.uniform(0.5, 0.8)
+        share = rng.uniform(0.6, 0.85)
         k = max(3, round(seen * share / (1 - share)))
         if chosen and k > 1.3 * budget:
             continue  # too busy for what is left of the budget; a smaller share would not stand out
@@ -268,13 +268,9 @@ def inject_fraud(world: World, genuine: Rows, fraud_rate: float, rng: np.random.
     """All five scenarios, sized so fraud is about `fraud_rate` of the final rows."""
     budget = max(len(SCENARIOS), round(fraud_rate * len(genuine) / (1.0 - fraud_rate)))
     counts = np.bincount(genuine.customer, minlength=len(world.c_city))
-    med = np.zeros(len(world.c_city))
-    order = np.lexsort((genuine.amount, genuine.customer))
-    starts = np.cumsum(counts) - counts
-    has = counts > 0
-    # Customer's median genuine amount: the level account takeovers and night fraud are measured against.
-    med[has] = genuine.amount[order][starts[has] + counts[has] // 2]
-    typical = np.where(has, med, np.median(genuine.amount))
+    spent = np.bincount(genuine.customer, weights=genuine.amount, minlength=len(world.c_city))
+    # The customer's mean genuine amount: what history features compare account takeovers against.
+    typical = np.divide(spent, counts, out=np.full(len(counts), genuine.amount.mean()), where=counts > 0)
     active = np.flatnonzero(counts >= 10)
     night = np.bincount(
         genuine.customer[(genuine.ts_ms % DAY_MS) < 6 * HOUR_MS], minlength=len(world.c_city)

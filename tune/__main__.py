@@ -8,20 +8,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import ray
-from mlflow.exceptions import MlflowException
+from typing import TYPE_CHECKING, Any
 
 from serve_app.settings import Settings
-from train.__main__ import default_data_file
-from train.data import DataValidationError, load_transactions
-from train.registry import default_tracking_uri
-from tune.promote import PromotionError, format_outcome
-from tune.runner import SearchError, SearchOutcome, run_search
-from tune.space import DEFAULT_CONFIG_PATH, ConfigError, TuneJobConfig, load_config, parse_config
-from tune.trainable import METRIC
 
+if TYPE_CHECKING:  # the heavy modules load inside main(), after the OpenMP setting there
+    from tune.runner import SearchOutcome
+    from tune.space import TuneJobConfig
+
+DEFAULT_CONFIG_PATH = Path("configs/tune.yaml")
 _REPO_CONFIG = Path(__file__).resolve().parents[1] / DEFAULT_CONFIG_PATH
 
 
@@ -62,6 +57,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def resolve_config(args: argparse.Namespace) -> TuneJobConfig:
     """The YAML job config with the command line's overrides applied and validated like the file."""
+    from tune.space import load_config, parse_config
+
     if args.config is not None:
         job = load_config(args.config)
     elif DEFAULT_CONFIG_PATH.is_file():
@@ -82,6 +79,9 @@ def resolve_config(args: argparse.Namespace) -> TuneJobConfig:
 
 def report(outcome: SearchOutcome, job: TuneJobConfig) -> str:
     """What the search found, the challenger it registered and the promotion verdict."""
+    from tune.promote import format_outcome
+    from tune.trainable import METRIC
+
     s, plan = outcome.summary, outcome.plan
     baseline = f"{s.baseline_val_pr_auc:.4f}" if s.baseline_val_pr_auc is not None else "not run"
     m = outcome.challenger_metrics
@@ -108,6 +108,20 @@ def report(outcome: SearchOutcome, job: TuneJobConfig) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # As in `python -m train`: spinning OpenMP waits make multi-thread XGBoost (the refit) several times
+    # slower on a shared small machine. libgomp reads this once, when xgboost loads, hence the late imports;
+    # Ray workers inherit it from this process.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import ray
+    from mlflow.exceptions import MlflowException
+
+    from train.__main__ import default_data_file
+    from train.data import DataValidationError, load_transactions
+    from train.registry import default_tracking_uri
+    from tune.promote import PromotionError
+    from tune.runner import SearchError, run_search
+    from tune.space import ConfigError
+
     args = parse_args(argv)
     try:
         job = resolve_config(args)

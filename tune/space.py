@@ -26,7 +26,6 @@ from train.pipeline import to_utc
 
 Scalar = float | int | str | bool | None
 SearchAlgName = Literal["random", "grid", "optuna", "hyperopt"]
-DEFAULT_CONFIG_PATH = Path("configs/tune.yaml")
 
 # YAML name under `spaces.<model>` -> FitConfig field. FitConfig's own constraints bound every value.
 XGBOOST_PARAMS: dict[str, str] = {

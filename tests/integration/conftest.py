@@ -1,18 +1,20 @@
-"""Integration fixtures: a small bundle trained once per session, and the real graph deployed per module.
+"""Integration fixtures: a small bundle trained once per session, and the real graph shared by modules.
 
 The graph is serve_config.yaml as shipped (deployments, batching, limits) with only what a test must own
 changed: its Redis, the bundle directory (no registry round trip) and fresh keys (loadtest.chaos_stack).
-One app named "fraud" on route "/" exists at a time, so the module that deployed it deletes it.
+Every module that asks for `graph` re-deploys the same config: a no-op while it still runs, a fresh deploy
+when another module replaced the "fraud" app with its own in between. Serve's shutdown at the end of the
+session removes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
-from loadtest.chaos_stack import DeployedGraph, deployed_graph, train_small_bundle
+from loadtest.chaos_stack import DeployedGraph, GraphSpec, deploy_graph, prepare_graph, train_small_bundle
 from serve_app.redis_server import EmbeddedRedis
 
 
@@ -22,18 +24,17 @@ def small_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_small_bundle(tmp_path_factory.mktemp("bundle"))
 
 
-@pytest.fixture(scope="module")
-def graph(
-    ray_session: None,
-    redis_server: EmbeddedRedis,
-    small_bundle_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[DeployedGraph]:
-    """The graph on the session's Redis (emptied first), for one test module."""
-    import redis
+@pytest.fixture(scope="session")
+def graph_spec(
+    redis_server: EmbeddedRedis, small_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> GraphSpec:
+    return prepare_graph(redis_server.url, small_bundle_dir, tmp_path_factory.mktemp("graph-data"))
 
+
+@pytest.fixture(scope="module")
+def graph(ray_session: None, redis_server: EmbeddedRedis, graph_spec: GraphSpec) -> DeployedGraph:
+    """The graph on the session's Redis (emptied first), ready for one test module."""
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     client.close()
-    with deployed_graph(redis_server.url, small_bundle_dir, tmp_path_factory.mktemp("graph-data")) as running:
-        yield running
+    return deploy_graph(graph_spec)

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+import train.__main__ as cli
 from serve_app.features.contract import FEATURE_NAMES
 from serve_app.model_store import ModelStoreError, load_registered_bundle, resolve_alias_version
 from serve_app.redis_server import free_port
-from train.__main__ import CHAMPION as cli_champion
 from train.__main__ import main, parse_args, run
 from train.data import load_transactions
 from train.generate import GeneratorConfig, generate, write_transactions
@@ -39,7 +39,7 @@ def test_train_register_and_load_back(
 ) -> None:
     outcome, registered = run(parse_args(["--data", str(small_csv), "--experiment", "it-training"]))
     assert (registered.name, registered.version, registered.alias) == (MODEL, "1", CHAMPION)
-    assert cli_champion == CHAMPION  # the CLI repeats the constant to keep --help free of MLflow imports
+    assert cli.CHAMPION == CHAMPION  # the CLI repeats the constant to keep --help free of MLflow imports
     assert resolve_alias_version(MODEL, "champion", mlflow_uri) == "1"
     assert resolve_alias_version(MODEL, "challenger", mlflow_uri) is None
     assert resolve_alias_version("no-such-model", "champion", mlflow_uri) is None
@@ -68,6 +68,11 @@ def test_train_register_and_load_back(
     np.testing.assert_array_equal(served.predict_proba(x), outcome.bundle.predict_proba(x))
     assert served.review_threshold == outcome.bundle.review_threshold
     assert served.decline_threshold == outcome.bundle.decline_threshold
+
+    # A damaged cache entry is replaced by a fresh download of the same version.
+    (cache / MODEL / "1" / "bundle.json").write_text("{")
+    healed = load_registered_bundle(MODEL, "champion", mlflow_uri, cache)
+    np.testing.assert_array_equal(healed.predict_proba(x[:50]), served.predict_proba(x[:50]))
 
     # MLflow users get the same numbers from the pyfunc (models from code, no pickle). The fixture's
     # MLFLOW_TRACKING_URI must still be in force: registration may not leave the global URI redirected.
