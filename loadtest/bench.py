@@ -124,6 +124,7 @@ def table(targets: dict[str, dict[str, Any]], ratios: dict[str, float | None]) -
         ("one client p99 (ms)", ("single_client", "p99_ms"), "{:.1f}"),
         ("batch of 256 (tx/s)", ("batch", "tx_per_s"), "{:.0f}"),
         ("batch p99 per call (ms)", ("batch", "p99_ms"), "{:.0f}"),
+        ("  with approximate reasons (tx/s)", ("batch_approx_reasons", "tx_per_s"), "{:.0f}"),
         ("server CPU at max rate (cores)", ("max_rate", "server_cpu_cores"), "{:.2f}"),
         ("server RSS at max rate (MB)", ("max_rate", "server_rss_mb"), "{:.0f}"),
         ("generator CPU at max rate (cores)", ("max_rate", "generator_cpu_cores"), "{:.2f}"),
@@ -141,6 +142,14 @@ def table(targets: dict[str, dict[str, Any]], ratios: dict[str, float | None]) -
         lines.append(f"{label:36}" + "".join(f"{c:>14}" for c in cells))
     lines.append("")
     lines.extend(f"{k:36}{_cell(v, '{:.2f}x'):>14}" for k, v in ratios.items())
+    for name in names:
+        for where in ("max_rate", "batch"):
+            spent = (targets[name].get(where) or {}).get("server_cores_by_process")
+            if spent and len(spent) > 1:
+                top = ", ".join(
+                    f"{k.removeprefix('ServeReplica:')} {v:.2f}" for k, v in list(spent.items())[:6]
+                )
+                lines.append(f"{name} cores by process ({where}): {top}")
     return "\n".join(lines)
 
 

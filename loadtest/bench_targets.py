@@ -133,12 +133,26 @@ def graph_server(port: int, redis_url: str, work_dir: Path, api_key: str) -> Ser
         command=command,
         base_url=f"http://127.0.0.1:{port}",
         log_path=work_dir / "graph.log",
-        env={
-            "FRAUD_API_KEYS": api_key,
-            "FRAUD_REDIS_URL": redis_url,
-            # HAProxy's own metrics and stats listeners default to fixed ports (9101, 8404): a second
-            # graph on the machine (someone's `make run`) would make ours crash at start-up.
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        },
+        env={"FRAUD_API_KEYS": api_key, "FRAUD_REDIS_URL": redis_url, **private_serve_ports()},
     )
+
+
+def private_serve_ports() -> dict[str, str]:
+    """Ports of our own for every listener Ray Serve otherwise puts on a fixed port.
+
+    With the HAProxy ingress, Serve binds HAProxy metrics/stats (9101, 8404), a fallback proxy (8500,
+    SO_REUSEPORT) and replica ports from 30000. A second graph on the machine (a `make run`, a test)
+    then either crashes ours at start-up or, worse, shares 8500/30000 with it: the kernel hands our
+    requests to the other graph. Measured here: 401s from a foreign graph's API keys.
+    """
+    http_base, grpc_base = free_port(), free_port()
+    return {
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_base),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(min(http_base + 64, 65535)),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_base),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(min(grpc_base + 64, 65535)),
+    }

@@ -53,6 +53,8 @@ def process_label(proc: psutil.Process) -> str:
     except psutil.Error:
         return "?"
     first = cmdline[0] if cmdline else proc.name()
+    if "ServeReplica:" in first:  # `ray::SERVE_REPLICA::app#Dep#id:ServeReplica:app:Dep.method`
+        return "ServeReplica:" + first.split("ServeReplica:", 1)[1].split(".", 1)[0].split()[0]
     if first.startswith("ray::"):
         return first.split()[0]
     if len(cmdline) > 1 and first.rsplit("/", 1)[-1].startswith("python"):

@@ -27,6 +27,13 @@ PREFERRED_REDIS_PORT = 6380  # never 6379: that is Ray's default GCS port
 DEPLOY_TIMEOUT_S = 300.0
 # Measured (DESIGN.md): HAProxy ingress + throughput mode is worth ~7x on a 2-core machine.
 FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Side ports HAProxy mode binds besides the API port; a second instance on the machine needs other ones.
+SIDE_PORTS = {
+    "RAY_SERVE_HAPROXY_METRICS_PORT": 9101,
+    "RAY_SERVE_HAPROXY_STATS_PORT": 8404,
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": 8500,
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": 9500,
+}
 
 
 DEFAULT_HISTORY_FILE = "transactions.parquet"  # what `python -m train` generates on first use
@@ -121,6 +128,13 @@ def start_redis(settings: Settings, running: Running) -> str:
         timeout_s=180
     )
     return running.redis.url
+
+
+def choose_side_ports() -> None:
+    """Keep Serve's default side ports when free, else take free ones (unless the operator set them)."""
+    for name, default in SIDE_PORTS.items():
+        if name not in os.environ:
+            os.environ[name] = str(default if port_is_free(default, "0.0.0.0") else free_port())
 
 
 def warm_marker(running: Running) -> Path | None:
@@ -279,6 +293,7 @@ def shutdown(running: Running) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll is noise
     settings = get_settings()
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -300,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["FRAUD_API_KEYS"] = generated_key
         for name, value in FAST_PATH_ENV.items():
             os.environ.setdefault(name, value)
+        choose_side_ports()
 
         import ray  # after the environment above is final
 

@@ -207,7 +207,7 @@ def compromised_merchant(
         first_day = min(2, world.days - dur) + int(spot * (world.days - dur - min(2, world.days - dur) + 1))
         lo, hi = world.start_ms + first_day * DAY_MS, world.start_ms + (first_day + dur) * DAY_MS
         seen = int(np.count_nonzero((genuine.merchant == m) & (genuine.ts_ms >= lo) & (genuine.ts_ms < hi)))
-        share = rng.uniform(0.6, 0.85)
+        share = rng.uniform(0.6, 0.8)
         k = max(3, round(seen * share / (1 - share)))
         if chosen and k > 1.3 * budget:
             continue  # too busy for what is left of the budget; a smaller share would not stand out

@@ -10,6 +10,7 @@ processes); the refit of the best config and the promotion comparison are childr
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -256,6 +257,20 @@ def _refit_best(
     return registered, outcome.metrics
 
 
+def _log_search_metrics(client: MlflowClient, run_id: str, summary: TrialSummary, seconds: float) -> None:
+    metrics = {
+        "best_val_pr_auc": float(summary.best_metrics[METRIC]),
+        "trials_finished": summary.finished,
+        "trials_stopped_early": summary.stopped_early,
+        "trials_failed": summary.errored,
+        "search_seconds": seconds,
+    }
+    if summary.baseline_val_pr_auc is not None:
+        metrics["baseline_val_pr_auc"] = summary.baseline_val_pr_auc
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+
+
 def run_search(
     job: TuneJobConfig,
     df: pd.DataFrame,
@@ -291,9 +306,13 @@ def run_search(
         )
         client.log_dict(parent_id, summary.best_config, "best_config.json")
         client.log_text(parent_id, results.get_dataframe().to_csv(index=False), "trials.csv")
+        _log_search_metrics(client, parent_id, summary, search_seconds)
         challenger, challenger_metrics = _refit_best(
             prepared, job, summary.best_config, parent_id, tracking_uri, model_name, data_file
         )
+        client.set_tag(parent_id, "challenger_version", challenger.version)
+        if math.isfinite(challenger_metrics.get("holdout_pr_auc", math.nan)):
+            client.log_metric(parent_id, "challenger_holdout_pr_auc", challenger_metrics["holdout_pr_auc"])
         promotion = None
         if promote:
             promotion = run_promotion(
@@ -306,19 +325,6 @@ def run_search(
                 experiment=job.experiment_name,
                 parent_run_id=parent_id,
             )
-        metrics = {
-            "best_val_pr_auc": float(summary.best_metrics[METRIC]),
-            "trials_finished": summary.finished,
-            "trials_stopped_early": summary.stopped_early,
-            "trials_failed": summary.errored,
-            "search_seconds": search_seconds,
-            "challenger_holdout_pr_auc": challenger_metrics.get("holdout_pr_auc", float("nan")),
-        }
-        if summary.baseline_val_pr_auc is not None:
-            metrics["baseline_val_pr_auc"] = summary.baseline_val_pr_auc
-        for key, value in metrics.items():
-            client.log_metric(parent_id, key, float(value))
-        client.set_tag(parent_id, "challenger_version", challenger.version)
         if promotion is not None:
             client.set_tag(parent_id, "promoted", str(promotion.decision.promote).lower())
     except BaseException:

@@ -83,7 +83,7 @@ def test_admin_routes_need_the_admin_key(graph: DeployedGraph) -> None:
         assert response.status_code not in (401, 403), f"{method} {path} refused the admin key"
 
 
-def test_keys_never_reach_a_log(graph: DeployedGraph, redis_server: EmbeddedRedis) -> None:
+def test_keys_never_reach_a_log(graph: DeployedGraph, graph_redis: EmbeddedRedis) -> None:
     wrong = "wrong-" + secrets.token_hex(12)
     with graph.client() as client:
         assert client.post("/v1/score", json={"bad": wrong}).status_code == 422
@@ -93,25 +93,25 @@ def test_keys_never_reach_a_log(graph: DeployedGraph, redis_server: EmbeddedRedi
     with graph.client(key=graph.admin_key) as client:
         client.post("/v1/feedback", json={"api_key": graph.admin_key})
     time.sleep(1.5)  # Ray flushes worker output to its log files asynchronously
-    roots = [ray_logs_dir(), redis_server.directory]
+    roots = [ray_logs_dir(), graph_redis.directory]
     leaked = files_containing([graph.api_key, graph.admin_key, wrong], roots)
     assert not leaked, f"keys found in logs: {leaked}"
 
 
 def test_serve_http_and_embedded_redis_listen_on_localhost_only(
-    graph: DeployedGraph, redis_server: EmbeddedRedis
+    graph: DeployedGraph, graph_redis: EmbeddedRedis
 ) -> None:
     port = graph.port
     http_addresses = listening_addresses(port)
     assert http_addresses, f"nothing listens on the Serve port {port}"
     assert http_addresses <= LOOPBACK, f"Serve HTTP listens on {http_addresses}"
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client = redis.Redis.from_url(graph_redis.url, decode_responses=True)
     try:
         assert client.config_get("bind")["bind"] == "127.0.0.1"
         assert client.config_get("protected-mode")["protected-mode"] == "yes"
     finally:
         client.close()
-    assert listening_addresses(redis_server.port) <= LOOPBACK
+    assert listening_addresses(graph_redis.port) <= LOOPBACK
 
 
 def _call_keywords(source: Path, dotted: str) -> list[dict[str, Any]]:

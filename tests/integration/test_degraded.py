@@ -1,0 +1,96 @@
+"""Redis down: the graph keeps answering 200 with degraded=true (never a 5xx), sends a large degraded payment
+to review, reports not-ready, and stops degrading within the breaker's reset time once Redis is back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from loadtest.chaos_stack import DeployedGraph
+from serve_app.app import AppArgs
+from serve_app.redis_server import EmbeddedRedis
+
+pytestmark = pytest.mark.integration
+
+BREAKER_RESET_S = AppArgs().breaker_reset_s  # the graph is deployed with serve_config.yaml's value
+# A request's own trip through the graph and a reconnect, on a busy two-core CI machine.
+RECOVERY_SLACK_S = 3.0
+
+
+def payload(amount: float = 25.0, **overrides: Any) -> dict[str, Any]:
+    return {
+        "transaction_id": f"deg-{uuid.uuid4().hex[:12]}",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "customer_id": "c-degraded",
+        "merchant_id": "m-degraded",
+        "amount": amount,
+        "channel": "online",
+        **overrides,
+    }
+
+
+def score(client: httpx.Client, amount: float = 25.0) -> httpx.Response:
+    return client.post("/v1/score", json=payload(amount))
+
+
+def test_redis_down_degrades_without_errors_and_recovers(
+    graph: DeployedGraph, graph_redis: EmbeddedRedis
+) -> None:
+    with graph.client() as client:
+        healthy = score(client)
+        assert healthy.status_code == 200
+        assert healthy.json()["degraded"] is False
+
+        graph_redis.stop()
+        try:
+            outage = [score(client) for _ in range(25)]
+            assert [r.status_code for r in outage] == [200] * len(outage), [
+                r.text for r in outage if r.status_code != 200
+            ]
+            assert all(r.json()["degraded"] for r in outage[3:])  # the first calls may still be in flight
+            large = score(client, amount=5_000.0)
+            assert large.status_code == 200
+            body = large.json()
+            assert body["degraded"] is True
+            assert body["decision"] != "approve"
+            assert "degraded_high_amount" in body["rule_hits"]
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["store"] == "unreachable"
+        finally:
+            graph_redis.start()
+        returned = time.monotonic()
+
+        last_degraded = returned
+        while time.monotonic() - returned < BREAKER_RESET_S + RECOVERY_SLACK_S + 2.0:
+            response = score(client)
+            assert response.status_code == 200
+            if response.json()["degraded"]:
+                last_degraded = time.monotonic()
+            time.sleep(0.05)
+        assert last_degraded - returned <= BREAKER_RESET_S + RECOVERY_SLACK_S
+        assert score(client).json()["degraded"] is False
+        assert client.get("/readyz").status_code == 200
+
+
+def test_a_slow_redis_degrades_instead_of_stalling(graph: DeployedGraph, graph_redis: EmbeddedRedis) -> None:
+    """CLIENT PAUSE holds every Redis command: requests must not wait for it beyond the store deadline."""
+    import redis
+
+    with graph.client() as client:
+        assert score(client).status_code == 200
+        admin = redis.Redis.from_url(graph_redis.url)
+        admin.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+        admin.close()
+        started = time.monotonic()
+        answers = [score(client) for _ in range(10)]
+        elapsed = time.monotonic() - started
+        assert [r.status_code for r in answers] == [200] * 10
+        assert sum(r.json()["degraded"] for r in answers) >= 8
+        assert elapsed < 2.5, f"10 requests took {elapsed:.1f} s while Redis was paused"
+        time.sleep(max(0.0, 3.2 - elapsed))
