@@ -40,10 +40,23 @@ def _require_timezone(value: datetime) -> datetime:
 Timestamp = Annotated[datetime, BeforeValidator(_require_rfc3339_text), AfterValidator(_require_timezone)]
 
 
+_NO_COORDINATES = {"properties": {"lat": {"type": "null"}, "lon": {"type": "null"}}}
+_BOTH_COORDINATES = {
+    "required": ["lat", "lon"],
+    "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}},
+}
+
+
 class Transaction(BaseModel):
     """One payment to score; `transaction_id` is the idempotency key, `timestamp` the event time."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_strip_whitespace=False)
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        str_strip_whitespace=False,
+        # The pairing rule below, stated in the OpenAPI schema too, so clients and fuzzers know it.
+        json_schema_extra={"anyOf": [_NO_COORDINATES, _BOTH_COORDINATES]},
+    )
 
     transaction_id: Identifier
     timestamp: Timestamp

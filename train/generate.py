@@ -21,7 +21,6 @@ from train.scenarios import (
     ONLINE,
     POS,
     SCENARIOS,
-    BoolArray,
     FloatArray,
     IntArray,
     Rows,
@@ -76,9 +75,11 @@ CATEGORIES = (
     ("atm", (0.0, 0.0, 1.0), 0.14, 100.0, 0.6, 0.6),
 )
 # Hour-of-day weights (UTC) of day people: little activity at night, lunch and evening peaks.
-_DAY_HOURS = np.array(
-    [0.15, 0.08, 0.05, 0.05, 0.08, 0.2, 0.6, 1.2, 1.8, 2.0, 2.2, 2.6]
-    + [3.2, 2.8, 2.2, 2.1, 2.4, 3.0, 3.3, 2.9, 2.2, 1.5, 0.9, 0.45]
+_DAY_HOURS = np.concatenate(
+    [
+        [0.15, 0.08, 0.05, 0.05, 0.08, 0.2, 0.6, 1.2, 1.8, 2.0, 2.2, 2.6],  # 00-11
+        [3.2, 2.8, 2.2, 2.1, 2.4, 3.0, 3.3, 2.9, 2.2, 1.5, 0.9, 0.45],  # 12-23
+    ]
 )
 _WEEKDAY = np.array([0.95, 0.95, 1.0, 1.0, 1.15, 1.2, 0.75])  # Monday .. Sunday
 _MAX_HABITS = 14
@@ -231,7 +232,8 @@ def _genuine(world: World, habits: Habits, popularity: FloatArray, rng: np.rando
     has_trip = habits.trip_city[cust] >= 0
     # In transit (an hour before departure until arrival) nobody pays: that keeps genuine speeds sane.
     transit = has_trip & (
-        ((ts >= trip[:, 0] - HOUR_MS) & (ts < trip[:, 1])) | ((ts >= trip[:, 2] - HOUR_MS) & (ts < trip[:, 3]))
+        ((ts >= trip[:, 0] - HOUR_MS) & (ts < trip[:, 1]))
+        | ((ts >= trip[:, 2] - HOUR_MS) & (ts < trip[:, 3]))
     )
     cust, ts, trip, has_trip = cust[~transit], ts[~transit], trip[~transit], has_trip[~transit]
     away = has_trip & (ts >= trip[:, 1]) & (ts < trip[:, 2])
@@ -336,7 +338,8 @@ def write_transactions(df: pd.DataFrame, path: Path) -> None:
 def summary(df: pd.DataFrame) -> str:
     """Rows, fraud rate overall and per scenario, date range."""
     n = len(df)
-    lines = [f"rows: {n:,}  customers: {df['customer_id'].nunique():,}  merchants: {df['merchant_id'].nunique():,}"]
+    people, shops = df["customer_id"].nunique(), df["merchant_id"].nunique()
+    lines = [f"rows: {n:,}  customers: {people:,}  merchants: {shops:,}"]
     lines.append(f"dates: {df['timestamp'].min().isoformat()} .. {df['timestamp'].max().isoformat()}")
     lines.append(f"fraud: {int(df['is_fraud'].sum()):,} rows ({df['is_fraud'].mean():.3%})")
     counts = df.loc[df["is_fraud"] == 1, "fraud_scenario"].value_counts()

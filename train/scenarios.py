@@ -106,7 +106,7 @@ class World:
         )
         # Cash comes out of ATMs in notes.
         raw = np.where(self.m_channel[merchant] == ATM, np.maximum(np.round(raw / 10.0), 1.0) * 10.0, raw)
-        return np.round(np.clip(raw, 0.5, 200_000.0), 2)
+        return np.round(np.clip(raw, 0.5, 200_000.0), 2).astype(np.float64)
 
     def pick_in_city(
         self, city: IntArray, cats: Sequence[str] | None, rng: np.random.Generator, fallback: IntArray
@@ -118,9 +118,6 @@ class World:
             pool = self.merchants(cats, (POS, ATM), int(c))
             out[rows] = rng.choice(pool if len(pool) else fallback, len(rows))
         return out
-
-    def night_hours(self, n: int, rng: np.random.Generator) -> IntArray:
-        return rng.integers(0, 5 * HOUR_MS, n)
 
 
 def _event_index(sizes: IntArray) -> tuple[IntArray, IntArray]:
@@ -170,7 +167,9 @@ def card_testing(world: World, n_events: int, rng: np.random.Generator) -> Rows:
     return Rows.concat([Rows(cust[event], merch, ts, amount), extra])
 
 
-def account_takeover(world: World, typical: FloatArray, active: IntArray, n_events: int, rng: np.random.Generator) -> Rows:
+def account_takeover(
+    world: World, typical: FloatArray, active: IntArray, n_events: int, rng: np.random.Generator
+) -> Rows:
     """Several purchases far above the customer's own level at merchants new to them, over a day or two."""
     cust = rng.choice(active, n_events)
     sizes = rng.integers(2, 7, n_events)
@@ -185,53 +184,50 @@ def account_takeover(world: World, typical: FloatArray, active: IntArray, n_even
     return Rows(c, merch, ts, amount)
 
 
-def compromised_merchant(
-    world: World, genuine: Rows, budget: int, rng: np.random.Generator
-) -> tuple[Rows, IntArray]:
+def compromised_merchant(world: World, genuine: Rows, budget: int, rng: np.random.Generator) -> Rows:
     """A few terminals compromised for 5-12 days; a large share of their payments then are fraud."""
     located = world.merchants(None, (POS,))
     located = located[np.isin(world.m_city[located], world.home_cities)]
     traffic = np.bincount(genuine.merchant, minlength=len(world.m_cat))[located]
-    # Busy (not the busiest) terminals: the fraud hides among plenty of normal payments.
+    # Ordinary terminals, neither idle nor the busiest: many small compromises generalise better than one
+    # huge one, and the fraud still has normal traffic to hide in.
     lo_t, hi_t = np.quantile(traffic, [0.2, 0.6])
     candidates = rng.permutation(located[(traffic >= lo_t) & (traffic <= hi_t)])
     parts: list[Rows] = []
-    chosen: list[int] = []
     phase = rng.random()
     for m in candidates:
         if budget <= 0:
             break
         dur = int(rng.integers(5, 13)) if world.days > 14 else max(2, world.days // 3)
         # Golden-ratio spacing spreads the compromises over the period instead of clumping them by chance.
-        spot = (phase + len(chosen) * 0.6180339887) % 1.0
+        spot = (phase + len(parts) * 0.6180339887) % 1.0
         first_day = min(2, world.days - dur) + int(spot * (world.days - dur - min(2, world.days - dur) + 1))
         lo, hi = world.start_ms + first_day * DAY_MS, world.start_ms + (first_day + dur) * DAY_MS
         seen = int(np.count_nonzero((genuine.merchant == m) & (genuine.ts_ms >= lo) & (genuine.ts_ms < hi)))
         share = rng.uniform(0.6, 0.8)
         k = max(3, round(seen * share / (1 - share)))
-        if chosen and k > 1.3 * budget:
+        if parts and k > 1.3 * budget:
             continue  # too busy for what is left of the budget; a smaller share would not stand out
         day = rng.integers(first_day, first_day + dur, k)
         ts = world.start_ms + day * DAY_MS + rng.choice(24, k, p=world.hour_p[0]) * HOUR_MS
         ts = ts + rng.integers(0, HOUR_MS, k)
         locals_ = np.flatnonzero(world.c_city == world.m_city[m])
-        cust = np.where(
-            rng.random(k) < 0.7, rng.choice(locals_, k), rng.integers(0, len(world.c_city), k)
-        )
+        cust = np.where(rng.random(k) < 0.7, rng.choice(locals_, k), rng.integers(0, len(world.c_city), k))
         merch = np.full(k, m, dtype=np.int64)
         parts.append(Rows(cust, merch, ts, world.amounts(merch, cust, rng)))
-        chosen.append(int(m))
         budget -= k
-    return Rows.concat(parts), np.asarray(chosen, dtype=np.int64)
+    return Rows.concat(parts)
 
 
-def night_high_value(world: World, typical: FloatArray, day_people: IntArray, n_events: int, rng: np.random.Generator) -> Rows:
+def night_high_value(
+    world: World, typical: FloatArray, day_people: IntArray, n_events: int, rng: np.random.Generator
+) -> Rows:
     """Large payments between 0 and 5 UTC, at new merchants, by customers who never shop at night."""
     cust = rng.choice(day_people, n_events)
     sizes = rng.integers(1, 4, n_events)
     event, _ = _event_index(sizes)
     day = (_event_starts(world, n_events, rng, DAY_MS) - world.start_ms) // DAY_MS
-    t0 = world.start_ms + day * DAY_MS + world.night_hours(n_events, rng)
+    t0 = world.start_ms + day * DAY_MS + rng.integers(0, 5 * HOUR_MS, n_events)
     ts = t0[event] + _offsets(sizes, rng.uniform(3.0, 20.0, n_events) * MINUTE_MS, rng)
     c = cust[event]
     merch = world.pick_in_city(world.c_city[c], _HIGH_TICKET, rng, world.merchants(_HIGH_TICKET, (ONLINE,)))
@@ -264,7 +260,9 @@ def impossible_travel(world: World, genuine: Rows, n_events: int, rng: np.random
     return Rows(c, merch, ts, amount)
 
 
-def inject_fraud(world: World, genuine: Rows, fraud_rate: float, rng: np.random.Generator) -> list[tuple[str, Rows]]:
+def inject_fraud(
+    world: World, genuine: Rows, fraud_rate: float, rng: np.random.Generator
+) -> list[tuple[str, Rows]]:
     """All five scenarios, sized so fraud is about `fraud_rate` of the final rows."""
     budget = max(len(SCENARIOS), round(fraud_rate * len(genuine) / (1.0 - fraud_rate)))
     counts = np.bincount(genuine.customer, minlength=len(world.c_city))
@@ -272,20 +270,24 @@ def inject_fraud(world: World, genuine: Rows, fraud_rate: float, rng: np.random.
     # The customer's mean genuine amount: what history features compare account takeovers against.
     typical = np.divide(spent, counts, out=np.full(len(counts), genuine.amount.mean()), where=counts > 0)
     active = np.flatnonzero(counts >= 10)
-    night = np.bincount(
-        genuine.customer[(genuine.ts_ms % DAY_MS) < 6 * HOUR_MS], minlength=len(world.c_city)
-    )
+    night = np.bincount(genuine.customer[(genuine.ts_ms % DAY_MS) < 6 * HOUR_MS], minlength=len(world.c_city))
     day_people = np.flatnonzero((night == 0) & ~world.c_night & (counts >= 5))
 
     def n_events(name: str, rows_per_event: float) -> int:
         return max(1, round(budget * _SHARE[name] / rows_per_event))
 
-    comp, _ = compromised_merchant(world, genuine, round(budget * 0.22), rng)
+    comp = compromised_merchant(world, genuine, round(budget * 0.22), rng)
     out = [
         ("card_testing", card_testing(world, n_events("card_testing", 18.4), rng)),
-        ("account_takeover", account_takeover(world, typical, active, n_events("account_takeover", 4.5), rng)),
+        (
+            "account_takeover",
+            account_takeover(world, typical, active, n_events("account_takeover", 4.5), rng),
+        ),
         ("compromised_merchant", comp),
-        ("night_high_value", night_high_value(world, typical, day_people, n_events("night_high_value", 2), rng)),
+        (
+            "night_high_value",
+            night_high_value(world, typical, day_people, n_events("night_high_value", 2), rng),
+        ),
         ("impossible_travel", impossible_travel(world, genuine, n_events("impossible_travel", 1.5), rng)),
     ]
     # Events near the end may spill past the period; the data set covers exactly `days` days.

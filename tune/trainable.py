@@ -5,7 +5,7 @@ XGBoost boosts, XGBoost's own `aucpr` on the validation split every `report_ever
 keeps the validation predictions cached), so ASHA can stop weak trials early; at the end, the calibrated
 LR + XGBoost ensemble's average precision (its LR weight may be 0, so it is the better of the two in
 practice). Stopped trials therefore never carry an ensemble score; the runner picks the best among the
-trials that finished.
+trials that finished. TrialRunLogger (driver side) records each trial as an MLflow child run.
 """
 
 from __future__ import annotations
