@@ -42,6 +42,7 @@ class BenchPlan:
     slo_p99_ms: float = 100.0
     max_error_rate: float = 0.001
     cooldown_s: float = 2.0
+    min_rate: float = 2.0  # below this a target is reported as having no rate within the SLO
 
     @classmethod
     def full(cls, slo_p99_ms: float = 100.0) -> BenchPlan:
@@ -211,8 +212,14 @@ class HttpBench:
             steps.append(step)
             if not step["passed"]:
                 failed_at = rate
-                break
+                if best is not None or rate / 2 < plan.min_rate:
+                    break
+                rate /= 2  # even the first rate was too much: look below it
+                await _sleep(plan.cooldown_s)
+                continue
             best = step
+            if failed_at is not None:
+                break  # came down from a failure: the bisection below takes it from here
             rate *= plan.growth
             await _sleep(plan.cooldown_s / 2)
         for _ in range(plan.refine_steps):

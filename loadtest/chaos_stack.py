@@ -174,10 +174,10 @@ def ray_logs_dir() -> Path:
 
 
 def files_containing(needles: list[str], roots: list[Path]) -> dict[str, list[str]]:
-    """Which needles occur in which files under `roots` (every regular file, decoding errors replaced)."""
+    """Which needles occur in which files under `roots` (directories or files; decoding errors replaced)."""
     found: dict[str, list[str]] = {}
     for root in roots:
-        for path in root.rglob("*"):
+        for path in [root] if root.is_file() else root.rglob("*"):
             if not path.is_file():
                 continue
             try:

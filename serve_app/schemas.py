@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic.json_schema import JsonDict
 
 # Limits shared with the offline loader (train.data) so a file row and an HTTP body obey the same rules.
 MAX_AMOUNT = 1_000_000.0
@@ -40,8 +41,8 @@ def _require_timezone(value: datetime) -> datetime:
 Timestamp = Annotated[datetime, BeforeValidator(_require_rfc3339_text), AfterValidator(_require_timezone)]
 
 
-_NO_COORDINATES = {"properties": {"lat": {"type": "null"}, "lon": {"type": "null"}}}
-_BOTH_COORDINATES = {
+_NO_COORDINATES: JsonDict = {"properties": {"lat": {"type": "null"}, "lon": {"type": "null"}}}
+_BOTH_COORDINATES: JsonDict = {
     "required": ["lat", "lon"],
     "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}},
 }

@@ -217,7 +217,7 @@ def _build_habits(world: World, popularity: FloatArray, rng: np.random.Generator
 def _times(world: World, cust: IntArray, rng: np.random.Generator) -> IntArray:
     """Event times with weekly and (per customer type) diurnal patterns."""
     n = len(cust)
-    weekday = (np.arange(world.days) + pd.Timestamp(world.start_ms, unit="ms").dayofweek) % 7
+    weekday = (np.arange(world.days) + pd.Timestamp(world.start_ms, unit="ms").day_of_week) % 7
     day = rng.choice(world.days, n, p=_norm(_WEEKDAY[weekday]))
     night = world.c_night[cust]
     hour = rng.choice(24, n, p=world.hour_p[0])
@@ -304,19 +304,22 @@ def _frame(world: World, parts: list[tuple[str, Rows]], rng: np.random.Generator
 def generate(config: GeneratorConfig, progress: bool = False) -> pd.DataFrame:
     """Genuine behaviour plus the five fraud scenarios, sorted by timestamp then transaction_id."""
     rng = np.random.default_rng(config.seed)
-    steps = ("world", "habits", "genuine", "fraud", "frame")
-    with tqdm(total=len(steps), desc="generate", disable=not progress, unit="step") as bar:
-        bar.set_postfix_str(steps[0])
+    with tqdm(total=5, desc="generate", disable=not progress, unit="step") as bar:
+
+        def step(name: str) -> None:
+            bar.set_postfix_str(name)
+            bar.update()
+
         world, popularity = _build_world(config, rng)
-        bar.update()
+        step("customer habits")
         habits = _build_habits(world, popularity, rng)
-        bar.update()
+        step("genuine transactions")
         genuine = _genuine(world, habits, popularity, rng)
-        bar.update()
+        step("fraud scenarios")
         fraud = inject_fraud(world, genuine, config.fraud_rate_target, rng)
-        bar.update()
+        step("frame")
         df = _frame(world, [("", genuine), *fraud], rng)
-        bar.update()
+        step("done")
     return df
 
 
@@ -340,7 +343,9 @@ def summary(df: pd.DataFrame) -> str:
     n = len(df)
     people, shops = df["customer_id"].nunique(), df["merchant_id"].nunique()
     lines = [f"rows: {n:,}  customers: {people:,}  merchants: {shops:,}"]
-    lines.append(f"dates: {df['timestamp'].min().isoformat()} .. {df['timestamp'].max().isoformat()}")
+    lines.append(
+        f"dates: {df['timestamp'].min():%Y-%m-%d %H:%M:%S} .. {df['timestamp'].max():%Y-%m-%d %H:%M:%S} UTC"
+    )
     lines.append(f"fraud: {int(df['is_fraud'].sum()):,} rows ({df['is_fraud'].mean():.3%})")
     counts = df.loc[df["is_fraud"] == 1, "fraud_scenario"].value_counts()
     lines.extend(f"  {s:<22}{int(counts.get(s, 0)):>8,} rows ({counts.get(s, 0) / n:.3%})" for s in SCENARIOS)

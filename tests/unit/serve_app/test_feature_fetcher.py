@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,14 +14,10 @@ from serve_app.features.derive import request_features
 from serve_app.schemas import Transaction
 
 
-def _tx(i: int, **extra: object) -> Transaction:
-    return Transaction(
-        transaction_id=f"t{i}",
-        timestamp=datetime(2026, 1, 17, 3, 15, tzinfo=UTC),
-        customer_id="c1",
-        merchant_id="m1",
-        amount=10.0 * (i + 1),
-        **extra,
+def _tx(i: int, **extra: Any) -> Transaction:
+    fields = {"transaction_id": f"t{i}", "customer_id": "c1", "merchant_id": "m1", "amount": 10.0 * (i + 1)}
+    return Transaction.model_validate(
+        {**fields, "timestamp": datetime(2026, 1, 17, 3, 15, tzinfo=UTC), **extra}
     )
 
 

@@ -1,4 +1,4 @@
-"""FeatureFetcher against a real Redis (no Ray): store-backed features, and degraded mode when Redis is gone."""
+"""FeatureFetcher on a real Redis (no Ray): store-backed features, and degraded mode when Redis is gone."""
 
 from __future__ import annotations
 
