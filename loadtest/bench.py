@@ -150,6 +150,15 @@ def table(targets: dict[str, dict[str, Any]], ratios: dict[str, float | None]) -
                     f"{k.removeprefix('ServeReplica:')} {v:.2f}" for k, v in list(spent.items())[:6]
                 )
                 lines.append(f"{name} cores by process ({where}): {top}")
+        best = targets[name].get("max_rate") or {}
+        spent = best.get("server_cores_by_process")
+        if spent and len(spent) > 1 and best.get("ok_per_s"):
+            # CPU milliseconds each process spends per scored request: what every hop costs.
+            per_request = {k: v / best["ok_per_s"] * 1000 for k, v in spent.items()}
+            top = ", ".join(
+                f"{k.removeprefix('ServeReplica:')} {v:.1f}" for k, v in list(per_request.items())[:7]
+            )
+            lines.append(f"{name} CPU ms per request at max rate: {top}")
     return "\n".join(lines)
 
 
@@ -227,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python": platform.python_version(),
             "load_avg_before": load_before,
             "load_avg_after": load_after,
+            "niceness": os.nice(0),  # servers and generator inherit it; negative = favoured over others
         },
         "plan": plan.as_dict(),
         "targets": targets,

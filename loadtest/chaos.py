@@ -151,6 +151,10 @@ def run_scenarios(target: ChaosTarget, args: argparse.Namespace, chosen: list[st
             results[name] = plan[name]()
         except Skip as reason:
             results[name] = [("skipped", str(reason), "")]
+        except Exception as exc:  # one broken scenario must not cost the figures of the others
+            results[name] = [("failed", f"{type(exc).__name__}: {exc}", "")]
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
         print(f"  {name} done in {time.monotonic() - started:.0f} s", flush=True)
         time.sleep(3.0)  # let queues drain and breakers close before the next fault
     return results

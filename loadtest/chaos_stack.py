@@ -231,3 +231,22 @@ def wait_until_healthy(app_name: str = APP_NAME, timeout_s: float = 120.0) -> fl
             return time.monotonic() - started
         time.sleep(0.25)
     raise TimeoutError(f"{app_name} not healthy within {timeout_s:.0f} s")
+
+
+def replica_pids(deployment: str, app_name: str = APP_NAME) -> list[int]:
+    """Processes of a deployment's replicas on *this* Ray node (other Rays on the machine are not ours)."""
+    import ray._private.worker as ray_worker
+
+    node = ray_worker._global_node
+    if node is None:
+        raise RuntimeError("Ray is not initialised in this process")
+    (raylet,) = node.all_processes["raylet"]
+    title = f"ServeReplica:{app_name}:{deployment}"
+    pids = []
+    for proc in psutil.Process(raylet.process.pid).children(recursive=True):
+        try:
+            if any(title in part for part in proc.cmdline()):
+                pids.append(proc.pid)
+        except psutil.Error:
+            continue
+    return pids

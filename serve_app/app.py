@@ -45,6 +45,9 @@ class AppArgs(BaseModel):
     store_timeout_s: float = Field(0.05, gt=0.0, le=1.0, description="Per Redis call; one retry inside it")
     breaker_failures: int = Field(3, ge=1, le=100)
     breaker_reset_s: float = Field(2.0, gt=0.0, le=300.0)
+    request_deadline_s: float = Field(
+        2.0, gt=0.0, le=60.0, description="Past this a score request answers 504 (batches get more per 100)"
+    )
 
 
 def resolve_rules_path(rules_path: str) -> Path:
@@ -83,5 +86,12 @@ def build_app(args: dict[str, Any]) -> Application:
     xgb_model = _deployment(XGBoostModel).bind(loader, config.model_alias)
     rule_engine = _deployment(RuleEngine).options(user_config=rules.to_config()).bind()
     return _deployment(Ingress).bind(
-        fetcher, lr_model, xgb_model, rule_engine, loader, config.model_alias, config.max_body_bytes
+        fetcher,
+        lr_model,
+        xgb_model,
+        rule_engine,
+        loader,
+        config.model_alias,
+        config.max_body_bytes,
+        config.request_deadline_s,
     )

@@ -18,6 +18,8 @@ from serve_app.breaker import CircuitBreaker
 from serve_app.features.contract import FEATURE_NAMES, REQUEST_ONLY_FEATURES
 from serve_app.features.derive import RequestColumns, derive_features, request_features
 from serve_app.features.online import LabelEvent, OnlineFeatureStore, OnlineStoreError, StoreEvent
+from serve_app.log_redaction import install_record_redaction
+from serve_app.pending_writes import PendingWrites
 from serve_app.schemas import Feedback, Transaction
 from serve_app.settings import get_settings
 
@@ -83,18 +85,19 @@ class FeatureFetcher:
         self.deadline_s = 2 * timeout_s + 0.01
         self.store = OnlineFeatureStore(url, timeout_s=timeout_s)
         self.breaker = CircuitBreaker(failure_threshold=breaker_failures, reset_after_s=breaker_reset_s)
+        # Scored degraded, recorded later: an outage must not erase transactions from the velocity windows.
+        self.pending = PendingWrites()
+        install_record_redaction(get_settings().api_key_list())
 
     async def fetch(self, transactions: list[Transaction], history_fill: FloatArray | None) -> FeatureBatch:
         """Features for a batch; on store failure or an open breaker, request-only features, degraded."""
         metrics.observe_batch_size("FeatureFetcher", len(transactions))
         req = request_columns(transactions)
+        events = [StoreEvent.from_transaction(t) for t in transactions]
         if self.breaker.allow():
             started = time.perf_counter()
             try:
-                raw = await asyncio.wait_for(
-                    self.store.fetch_and_update([StoreEvent.from_transaction(t) for t in transactions]),
-                    timeout=self.deadline_s,
-                )
+                raw = await asyncio.wait_for(self.store.fetch_and_update(events), timeout=self.deadline_s)
             except (OnlineStoreError, TimeoutError) as exc:
                 self.breaker.record_failure()
                 metrics.observe_store_latency(time.perf_counter() - started, ok=False)
@@ -107,7 +110,9 @@ class FeatureFetcher:
             else:
                 self.breaker.record_success()
                 metrics.observe_store_latency(time.perf_counter() - started, ok=True)
+                self.pending.drain_soon(self.store.fetch_and_update)
                 return FeatureBatch(derive_features(raw, req), np.zeros(len(transactions), dtype=bool))
+        self.pending.add(events)
         return FeatureBatch(degraded_features(req, history_fill), np.ones(len(transactions), dtype=bool))
 
     async def apply_labels(self, labels: list[Feedback]) -> list[str]:
@@ -131,6 +136,9 @@ class FeatureFetcher:
 
     async def ping(self) -> bool:
         try:
-            return await asyncio.wait_for(self.store.ping(), timeout=max(0.5, self.deadline_s))
+            alive = await asyncio.wait_for(self.store.ping(), timeout=max(0.5, self.deadline_s))
         except TimeoutError:
             return False
+        if alive:  # readiness probes also wake the replay on a replica that gets no scoring traffic
+            self.pending.drain_soon(self.store.fetch_and_update)
+        return alive

@@ -47,7 +47,13 @@ class StrictJSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             # json.JSONDecodeError is turned into a 422 'json_invalid' by FastAPI, with the position.
-            self._json = json.loads(await self.body(), parse_constant=NonFiniteNumber)
+            body = await self.body()
+            try:
+                text = body.decode("utf-8")  # RFC 8259: JSON between systems is UTF-8
+            except UnicodeDecodeError as exc:
+                # Otherwise FastAPI answers an undocumented 400 with no hint of what is wrong.
+                raise json.JSONDecodeError("the body is not UTF-8 text", "", exc.start) from None
+            self._json = json.loads(text, parse_constant=NonFiniteNumber)
         return self._json
 
 

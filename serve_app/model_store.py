@@ -158,3 +158,19 @@ def load_registered_bundle(name: str, alias: str, tracking_uri: str, cache_dir: 
         bundle = load_bundle(directory, version=version)
     _write_pointer(cache_dir, name, alias, version)
     return bundle
+
+
+def load_registered_version(name: str, version: str, tracking_uri: str, cache_dir: Path) -> ModelBundle:
+    """One exact version (not an alias), from the cache when it is there and sound, else downloaded.
+
+    Hot reload pins requests to a version; a replica that does not hold it yet loads exactly that one.
+    The alias's last-good pointer is left alone: only `load_registered_bundle` moves it.
+    """
+    directory = _model_dir(Path(cache_dir), name) / _slug(version)
+    if (directory / BUNDLE_JSON).is_file():
+        try:
+            return load_bundle(directory, version=version)
+        except BundleError:
+            shutil.rmtree(directory, ignore_errors=True)  # damaged entry: heal by downloading again
+    _download(name, version, tracking_uri, directory)
+    return load_bundle(directory, version=version)

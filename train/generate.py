@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ from serve_app.features.derive import haversine_km
 from train.scenarios import (
     ATM,
     CHANNEL_NAMES,
-    MINUTE_MS,
     ONLINE,
     POS,
     SCENARIOS,
@@ -25,22 +25,13 @@ from train.scenarios import (
     IntArray,
     Rows,
     World,
+    in_app_sessions,
     inject_fraud,
 )
 
-COLUMNS = (
-    "transaction_id",
-    "timestamp",
-    "customer_id",
-    "merchant_id",
-    "amount",
-    "currency",
-    "merchant_category",
-    "channel",
-    "lat",
-    "lon",
-    "is_fraud",
-    "fraud_scenario",
+COLUMNS: tuple[str, ...] = (
+    *("transaction_id", "timestamp", "customer_id", "merchant_id", "amount", "currency"),
+    *("merchant_category", "channel", "lat", "lon", "is_fraud", "fraud_scenario"),
 )
 
 # name, lat, lon, currency, share of residents (0: only visited by travellers and fraudsters).
@@ -101,6 +92,8 @@ class GeneratorConfig:
             raise ValueError("need at least 50 customers, 50 merchants and 7 days")
         if not 0.0 < self.fraud_rate_target < 0.2:
             raise ValueError("fraud_rate_target must be in (0, 0.2)")
+        if not re.fullmatch(r"\d{4}-\d\d-\d\d", self.start):
+            raise ValueError(f"start must be a date YYYY-MM-DD, got {self.start!r}")
 
 
 @dataclass(frozen=True)
@@ -127,6 +120,9 @@ def _build_world(cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[World,
     visitors = np.where(residents > 0, residents, 0.04)
     n_m, n_c = cfg.merchants, cfg.customers
     m_cat = rng.choice(len(CATEGORIES), n_m, p=_norm([c[2] for c in CATEGORIES]))
+    # Small worlds may miss a category by chance; every scenario needs its kind of merchant.
+    for cat in np.setdiff1d(np.arange(len(CATEGORIES)), m_cat):
+        m_cat[np.flatnonzero(m_cat == np.bincount(m_cat).argmax())[0]] = cat
     chan_p = np.array([c[1] for c in CATEGORIES])[m_cat]
     m_channel = (rng.random(n_m)[:, None] > np.cumsum(chan_p, axis=1)).sum(axis=1).clip(0, 2)
     located = m_channel != ONLINE
@@ -159,6 +155,7 @@ def _build_world(cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[World,
         c_scale=c_scale,
         c_night=rng.random(n_c) < 0.06,
         hour_p=np.stack([_norm(_DAY_HOURS), _norm(np.roll(_DAY_HOURS, 12))]),
+        day_p=_norm(_WEEKDAY[(np.arange(cfg.days) + pd.Timestamp(cfg.start).day_of_week) % 7]),
     )
     popularity = np.exp(rng.normal(0.0, 1.0, n_m)) * np.array([c[5] for c in CATEGORIES])[m_cat]
     return world, popularity
@@ -214,20 +211,9 @@ def _build_habits(world: World, popularity: FloatArray, rng: np.random.Generator
     )
 
 
-def _times(world: World, cust: IntArray, rng: np.random.Generator) -> IntArray:
-    """Event times with weekly and (per customer type) diurnal patterns."""
-    n = len(cust)
-    weekday = (np.arange(world.days) + pd.Timestamp(world.start_ms, unit="ms").day_of_week) % 7
-    day = rng.choice(world.days, n, p=_norm(_WEEKDAY[weekday]))
-    night = world.c_night[cust]
-    hour = rng.choice(24, n, p=world.hour_p[0])
-    hour[night] = rng.choice(24, int(night.sum()), p=world.hour_p[1])
-    return world.start_ms + day * DAY_MS + hour * HOUR_MS + rng.integers(0, HOUR_MS, n)
-
-
 def _genuine(world: World, habits: Habits, popularity: FloatArray, rng: np.random.Generator) -> Rows:
     cust = np.repeat(np.arange(len(world.c_city)), rng.poisson(habits.rate * world.days))
-    ts = _times(world, cust, rng)
+    ts = world.times(cust, rng)
     trip = habits.trip_ms[cust]
     has_trip = habits.trip_city[cust] >= 0
     # In transit (an hour before departure until arrival) nobody pays: that keeps genuine speeds sane.
@@ -249,30 +235,13 @@ def _genuine(world: World, habits: Habits, popularity: FloatArray, rng: np.rando
         pool = np.concatenate([world.merchants(None, (POS, ATM), int(c)), online])
         merch[rows] = rng.choice(pool, len(rows), p=_norm(weight[pool]))
     base = Rows(cust, merch, ts, world.amounts(merch, cust, rng))
-    return Rows.concat([base, _in_app_sessions(world, habits, rng)])
-
-
-def _in_app_sessions(world: World, habits: Habits, rng: np.random.Generator) -> Rows:
-    """Genuine bursts of small online payments (games, apps): the confounder for card testing."""
-    gamers = np.flatnonzero(habits.gamer_shop >= 0)
-    sessions = np.repeat(gamers, rng.poisson(world.days * 0.1, len(gamers)))
-    sizes = rng.integers(2, 8, len(sessions))
-    cust = np.repeat(sessions, sizes)
-    t0 = np.repeat(_times(world, sessions, rng), sizes)
-    first = np.cumsum(sizes) - sizes
-    step = rng.integers(MINUTE_MS, 8 * MINUTE_MS, len(cust))
-    step[first] = 0
-    csum = np.cumsum(step)
-    ts = t0 + csum - np.repeat(csum[first], sizes)
-    amount = np.round(rng.choice([0.99, 1.99, 2.99, 4.99, 9.99], len(cust)), 2)
-    keep = ts < world.end_ms
-    return Rows(cust, habits.gamer_shop[cust], ts, amount).take(keep)
+    return Rows.concat([base, in_app_sessions(world, habits.gamer_shop, rng)])
 
 
 def _frame(world: World, parts: list[tuple[str, Rows]], rng: np.random.Generator) -> pd.DataFrame:
     rows = Rows.concat([p for _, p in parts])
     code = np.concatenate([np.full(len(p), i, dtype=np.int64) for i, (_, p) in enumerate(parts)])
-    label = np.concatenate([[""], [n for n, _ in parts[1:]]]).astype(object)
+    label = np.array([name for name, _ in parts], dtype=object)  # "" for the genuine part
     # Random tie-break: simultaneous rows must not sort by how they were generated (genuine first).
     order = np.lexsort((rng.random(len(rows)), rows.ts_ms))
     rows, code = rows.take(order), code[order]
@@ -367,7 +336,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="output file: .csv, .csv.gz or .parquet")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    cfg = GeneratorConfig(args.customers, args.merchants, args.days, args.seed, args.start, args.fraud_rate)
+    try:
+        cfg = GeneratorConfig(
+            args.customers, args.merchants, args.days, args.seed, args.start, args.fraud_rate
+        )
+    except ValueError as exc:
+        p.error(str(exc))
     t0 = time.perf_counter()
     df = generate(cfg, progress=not args.quiet)
     t1 = time.perf_counter()

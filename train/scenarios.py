@@ -1,4 +1,4 @@
-"""The simulated world the generator builds, and the five labelled fraud scenarios injected into it."""
+"""The simulated world, the genuine bursts that mimic fraud, and the five labelled fraud scenarios."""
 
 from __future__ import annotations
 
@@ -25,8 +25,14 @@ SCENARIOS = (
     "night_high_value",
     "impossible_travel",
 )
-# Share of the fraud-row budget each scenario gets; compromised merchants are sized by traffic instead.
-_SHARE = {"card_testing": 0.30, "account_takeover": 0.20, "night_high_value": 0.12, "impossible_travel": 0.16}
+# Share of the fraud-row budget each scenario gets.
+_SHARE = {
+    "card_testing": 0.30,
+    "account_takeover": 0.20,
+    "compromised_merchant": 0.22,
+    "night_high_value": 0.12,
+    "impossible_travel": 0.16,
+}
 _SMALL_TICKET = ("digital_goods", "online_retail", "subscription")
 _HIGH_TICKET = ("electronics", "jewelry", "travel", "online_retail", "clothing")
 _FAR_KM = 1500.0
@@ -79,6 +85,7 @@ class World:
     c_scale: FloatArray  # customer spending level (big spenders are 4-12x)
     c_night: BoolArray  # night-shift customers: genuine night activity
     hour_p: FloatArray  # (2, 24) hour-of-day distributions: day people, night-shift people
+    day_p: FloatArray  # distribution over the days of the period (weekly pattern)
 
     @property
     def end_ms(self) -> int:
@@ -94,6 +101,15 @@ class World:
         if city != -2:
             ok &= self.m_city == city
         return np.flatnonzero(ok).astype(np.int64)
+
+    def times(self, customer: IntArray, rng: np.random.Generator) -> IntArray:
+        """Event times with the weekly pattern and each customer's (day or night-shift) diurnal pattern."""
+        n = len(customer)
+        day = rng.choice(self.days, n, p=self.day_p)
+        night = self.c_night[customer]
+        hour = rng.choice(24, n, p=self.hour_p[0])
+        hour[night] = rng.choice(24, int(night.sum()), p=self.hour_p[1])
+        return self.start_ms + day * DAY_MS + hour * HOUR_MS + rng.integers(0, HOUR_MS, n)
 
     def amounts(self, merchant: IntArray, customer: IntArray, rng: np.random.Generator) -> FloatArray:
         """Genuine-looking amounts: category scale x customer level x merchant price level x noise."""
@@ -120,6 +136,19 @@ class World:
         return out
 
 
+def _no_rows() -> Rows:
+    empty = np.zeros(0, dtype=np.int64)
+    return Rows(empty, empty, empty, np.zeros(0))
+
+
+def _at_least(counts: IntArray, k: int) -> IntArray:
+    """Indices with counts >= k, else with counts > 0, else all: scenarios always find victims."""
+    for ok in (counts >= k, counts > 0, np.ones(len(counts), dtype=bool)):
+        if ok.any():
+            return np.flatnonzero(ok).astype(np.int64)
+    return np.arange(len(counts), dtype=np.int64)
+
+
 def _event_index(sizes: IntArray) -> tuple[IntArray, IntArray]:
     """For events of the given sizes: the event of each row and the row's position inside its event."""
     event = np.repeat(np.arange(len(sizes)), sizes)
@@ -132,6 +161,11 @@ def _offsets(sizes: IntArray, gap_ms: FloatArray, rng: np.random.Generator) -> I
     event, pos = _event_index(sizes)
     gaps = rng.exponential(1.0, len(event)) * gap_ms[event]
     gaps[pos == 0] = 0.0
+    return _cumulative(gaps, sizes)
+
+
+def _cumulative(gaps: FloatArray | IntArray, sizes: IntArray) -> IntArray:
+    """Running sum of the gaps inside each event (the first gap of each event must be 0)."""
     total = np.cumsum(gaps)
     return (total - np.repeat(total[np.cumsum(sizes) - sizes], sizes)).astype(np.int64)
 
@@ -140,6 +174,21 @@ def _event_starts(world: World, n: int, rng: np.random.Generator, tail_ms: int) 
     # Leave two days of history first so the victim's behaviour is known, and room for the event.
     lo = world.start_ms + min(2, world.days // 3) * DAY_MS
     return rng.integers(lo, max(world.end_ms - tail_ms, lo + 1), n)
+
+
+def in_app_sessions(world: World, shop: IntArray, rng: np.random.Generator) -> Rows:
+    """Genuine bursts of small online payments at the customer's app store (-1: none): card testing's twin."""
+    gamers = np.flatnonzero(shop >= 0)
+    sessions = np.repeat(gamers, rng.poisson(world.days * 0.1, len(gamers)))
+    sizes = rng.integers(2, 8, len(sessions))
+    event, pos = _event_index(sizes)
+    cust = sessions[event]
+    t0 = world.times(sessions, rng)
+    step = rng.integers(MINUTE_MS, 8 * MINUTE_MS, len(cust))
+    step[pos == 0] = 0
+    ts = t0[event] + _cumulative(step, sizes)
+    amount = rng.choice([0.99, 1.99, 2.99, 4.99, 9.99], len(cust))
+    return Rows(cust, shop[cust], ts, amount).take(ts < world.end_ms)
 
 
 def card_testing(world: World, n_events: int, rng: np.random.Generator) -> Rows:
@@ -188,13 +237,18 @@ def compromised_merchant(world: World, genuine: Rows, budget: int, rng: np.rando
     """A few terminals compromised for 5-12 days; a large share of their payments then are fraud."""
     located = world.merchants(None, (POS,))
     located = located[np.isin(world.m_city[located], world.home_cities)]
+    if len(located) == 0:
+        return _no_rows()
     traffic = np.bincount(genuine.merchant, minlength=len(world.m_cat))[located]
     # Ordinary terminals, neither idle nor the busiest: many small compromises generalise better than one
     # huge one, and the fraud still has normal traffic to hide in.
     lo_t, hi_t = np.quantile(traffic, [0.2, 0.6])
-    candidates = rng.permutation(located[(traffic >= lo_t) & (traffic <= hi_t)])
+    candidates = rng.permutation(located[(traffic >= lo_t) & (traffic <= hi_t) & (traffic > 0)])
     parts: list[Rows] = []
     phase = rng.random()
+    # Genuine payments keyed by (merchant, time): one searchsorted counts a merchant's window.
+    span = world.days * DAY_MS + 1
+    keys = np.sort(genuine.merchant * span + (genuine.ts_ms - world.start_ms))
     for m in candidates:
         if budget <= 0:
             break
@@ -202,8 +256,8 @@ def compromised_merchant(world: World, genuine: Rows, budget: int, rng: np.rando
         # Golden-ratio spacing spreads the compromises over the period instead of clumping them by chance.
         spot = (phase + len(parts) * 0.6180339887) % 1.0
         first_day = min(2, world.days - dur) + int(spot * (world.days - dur - min(2, world.days - dur) + 1))
-        lo, hi = world.start_ms + first_day * DAY_MS, world.start_ms + (first_day + dur) * DAY_MS
-        seen = int(np.count_nonzero((genuine.merchant == m) & (genuine.ts_ms >= lo) & (genuine.ts_ms < hi)))
+        lo_hi = np.searchsorted(keys, [m * span + first_day * DAY_MS, m * span + (first_day + dur) * DAY_MS])
+        seen = int(lo_hi[1] - lo_hi[0])
         share = rng.uniform(0.6, 0.8)
         k = max(3, round(seen * share / (1 - share)))
         if parts and k > 1.3 * budget:
@@ -212,11 +266,12 @@ def compromised_merchant(world: World, genuine: Rows, budget: int, rng: np.rando
         ts = world.start_ms + day * DAY_MS + rng.choice(24, k, p=world.hour_p[0]) * HOUR_MS
         ts = ts + rng.integers(0, HOUR_MS, k)
         locals_ = np.flatnonzero(world.c_city == world.m_city[m])
+        locals_ = locals_ if len(locals_) else np.arange(len(world.c_city))
         cust = np.where(rng.random(k) < 0.7, rng.choice(locals_, k), rng.integers(0, len(world.c_city), k))
         merch = np.full(k, m, dtype=np.int64)
         parts.append(Rows(cust, merch, ts, world.amounts(merch, cust, rng)))
         budget -= k
-    return Rows.concat(parts)
+    return Rows.concat(parts) if parts else _no_rows()
 
 
 def night_high_value(
@@ -244,6 +299,8 @@ def impossible_travel(world: World, genuine: Rows, n_events: int, rng: np.random
         & (genuine.ts_ms >= world.start_ms + DAY_MS)
         & (genuine.ts_ms < world.end_ms - 4 * HOUR_MS)
     )
+    if len(geo) == 0:
+        return _no_rows()
     prev = genuine.take(rng.choice(geo, n_events))
     lat, lon = world.m_lat[prev.merchant], world.m_lon[prev.merchant]
     dist = haversine_km(lat[:, None], lon[:, None], world.city_lat[None, :], world.city_lon[None, :])
@@ -269,14 +326,15 @@ def inject_fraud(
     spent = np.bincount(genuine.customer, weights=genuine.amount, minlength=len(world.c_city))
     # The customer's mean genuine amount: what history features compare account takeovers against.
     typical = np.divide(spent, counts, out=np.full(len(counts), genuine.amount.mean()), where=counts > 0)
-    active = np.flatnonzero(counts >= 10)
+    # Victims with some history (falling back to anyone with history in tiny worlds).
+    active = _at_least(counts, 10)
     night = np.bincount(genuine.customer[(genuine.ts_ms % DAY_MS) < 6 * HOUR_MS], minlength=len(world.c_city))
-    day_people = np.flatnonzero((night == 0) & ~world.c_night & (counts >= 5))
+    day_people = _at_least(np.where((night == 0) & ~world.c_night, counts, 0), 5)
 
     def n_events(name: str, rows_per_event: float) -> int:
         return max(1, round(budget * _SHARE[name] / rows_per_event))
 
-    comp = compromised_merchant(world, genuine, round(budget * 0.22), rng)
+    comp = compromised_merchant(world, genuine, round(budget * _SHARE["compromised_merchant"]), rng)
     out = [
         ("card_testing", card_testing(world, n_events("card_testing", 18.4), rng)),
         (

@@ -288,7 +288,12 @@ def run_search(
     started = time.perf_counter()
     prepared = prepare_data(df, job, label_delay_days)
     data = search_data(prepared.features, df["is_fraud"].to_numpy(), prepared.splits)
-    plan = plan_resources(job, float(ray.cluster_resources().get("CPU", 0.0)))
+    # Free CPUs, not the total: a shared Ray (Serve replicas in the test session, other jobs on a
+    # cluster) may hold some, and trials sized to CPUs that never free up would wait forever.
+    free_cpus = float(ray.available_resources().get("CPU", 0.0))
+    if free_cpus < 0.01:
+        raise SearchError("the Ray cluster has no free CPU for trials (all reserved by other work)")
+    plan = plan_resources(job, free_cpus)
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = ensure_experiment(job.experiment_name, tracking_uri)
     parent = client.create_run(

@@ -126,6 +126,14 @@ def test_malformed_json_is_422_with_the_position(client: TestClient) -> None:
     assert error["msg"].startswith("malformed JSON")
 
 
+def test_a_body_that_is_not_utf8_is_a_422_not_a_400(client: TestClient) -> None:
+    response = _post(client, b'{"transaction_id": "\xff\xfe"}')
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["type"] == "json_invalid"
+    assert "UTF-8" in error["msg"]
+
+
 def test_body_without_json_content_type_is_415(client: TestClient) -> None:
     response = client.post("/v1/echo", content=json.dumps(TX), headers={"X-API-Key": "beta-key"})
     assert response.status_code == 415

@@ -15,7 +15,7 @@ from serve_app.features.contract import HOUR_MS
 from serve_app.features.derive import haversine_km
 from serve_app.features.offline import timestamps_ms
 from serve_app.schemas import CHANNELS, ID_PATTERN, MAX_AMOUNT
-from train.generate import COLUMNS, GeneratorConfig, generate, write_transactions
+from train.generate import COLUMNS, GeneratorConfig, generate, main, write_transactions
 from train.scenarios import SCENARIOS
 
 SMALL = GeneratorConfig(customers=400, merchants=120, days=21, seed=3)
@@ -90,9 +90,33 @@ def test_amounts_are_positive_finite_and_in_cents(small: pd.DataFrame) -> None:
     np.testing.assert_allclose(amount * 100, np.round(amount * 100), atol=1e-6)
 
 
-def test_rejects_too_small_configs() -> None:
+def test_rejects_bad_configs() -> None:
     with pytest.raises(ValueError, match="at least"):
         GeneratorConfig(customers=5)
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        GeneratorConfig(start="01/02/2026")
+
+
+def test_cli_writes_the_file_and_prints_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "tx.parquet"
+    argv = [
+        "--customers",
+        "100",
+        "--merchants",
+        "60",
+        "--days",
+        "10",
+        "--seed",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert len(pd.read_parquet(out)) > 1000
+    printed = capsys.readouterr().out
+    assert "rows:" in printed
+    assert all(name in printed for name in SCENARIOS)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

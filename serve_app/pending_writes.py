@@ -1,0 +1,71 @@
+"""Transactions scored while the feature store was unreachable, recorded once it answers again.
+
+A degraded answer must not also make the transaction vanish from history: a card tested twenty times
+during a Redis outage has to count twenty times in the velocity windows afterwards. Replaying is safe
+because the store records each transaction_id once (a write that did land before a timeout is a no-op).
+
+The backlog lives in the replica's memory and is bounded: a replica that dies, or an outage longer than
+`max_events` transactions, loses the oldest history, and the count of what was dropped is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+
+from serve_app.features.online import OnlineStoreError, StoreEvent
+
+logger = logging.getLogger(__name__)
+
+Writer = Callable[[Sequence[StoreEvent]], Awaitable[object]]
+
+
+class PendingWrites:
+    """A bounded FIFO of unrecorded events, drained by one background task at a time."""
+
+    def __init__(self, max_events: int = 50_000, chunk: int = 256, timeout_s: float = 1.0) -> None:
+        if max_events < 1 or chunk < 1:
+            raise ValueError("max_events and chunk must be at least 1")
+        self.max_events, self.chunk, self.timeout_s = max_events, chunk, timeout_s
+        self.events: deque[StoreEvent] = deque()
+        self.dropped = 0
+        self.replayed = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def add(self, events: Sequence[StoreEvent]) -> None:
+        overflow = len(self.events) + len(events) - self.max_events
+        for _ in range(max(0, min(overflow, len(self.events)))):
+            self.events.popleft()  # the oldest history matters least to the windows still open
+        self.dropped += max(0, overflow)
+        self.events.extend(events[-self.max_events :])
+
+    def drain_soon(self, write: Writer) -> None:
+        """Start draining in the background unless a drain is already running or nothing waits."""
+        if self.events and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self.drain(write))
+
+    async def drain(self, write: Writer) -> None:
+        """Write chunk after chunk; on the first failure put the chunk back and stop (the next success
+        starts another drain)."""
+        while self.events:
+            batch = [self.events.popleft() for _ in range(min(self.chunk, len(self.events)))]
+            try:
+                await asyncio.wait_for(write(batch), self.timeout_s)
+            except (OnlineStoreError, TimeoutError) as exc:
+                self.events.extendleft(reversed(batch))
+                logger.warning(
+                    "replaying %d pending writes stopped (%s)", len(self.events), type(exc).__name__
+                )
+                return
+            self.replayed += len(batch)
+        logger.info("pending writes replayed: %d in total, %d dropped", self.replayed, self.dropped)
+
+    async def wait(self) -> None:
+        """Until the running drain (if any) has finished: for tests and orderly shutdown."""
+        if self._task is not None:
+            await self._task

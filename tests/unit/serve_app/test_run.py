@@ -1,0 +1,47 @@
+"""`make run`'s key hand-over: keys reach the replicas as owner-only files, never as runtime_env values."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from serve_app.run import write_key_files
+from serve_app.settings import Settings
+
+
+def test_keys_are_written_owner_only_and_read_back_by_the_replica_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FRAUD_API_KEYS", "alpha-key, beta-key")
+    monkeypatch.setenv("FRAUD_ADMIN_KEYS", "root-key")
+    variables = write_key_files(Settings(), tmp_path / "secrets")
+    assert set(variables) == {"FRAUD_API_KEYS_FILE", "FRAUD_ADMIN_KEYS_FILE"}
+    for value in variables.values():
+        assert stat.S_IMODE(Path(value).stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "secrets").stat().st_mode) == 0o700
+    # A replica sees only the file variables (what the runtime_env carries) and must find the same keys.
+    monkeypatch.delenv("FRAUD_API_KEYS")
+    monkeypatch.delenv("FRAUD_ADMIN_KEYS")
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    replica = Settings()
+    assert replica.api_key_list() == ["alpha-key", "beta-key"]
+    assert replica.admin_key_list() == ["root-key"]
+
+
+def test_writing_again_replaces_the_old_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAUD_API_KEYS", "old-key")
+    write_key_files(Settings(), tmp_path)
+    monkeypatch.setenv("FRAUD_API_KEYS", "new-key")
+    variables = write_key_files(Settings(), tmp_path)
+    assert Path(variables["FRAUD_API_KEYS_FILE"]).read_text() == "new-key"
+
+
+def test_a_missing_key_file_is_an_error_not_an_open_door(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FRAUD_API_KEYS_FILE", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError):
+        Settings().api_key_list()
