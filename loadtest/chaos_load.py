@@ -222,3 +222,18 @@ async def open_loop(
         for client in clients:
             client.close()
     return run
+
+
+def timeline(run: Run, bucket_s: float = 1.0) -> list[str]:
+    """Per time bucket (by intended send time): answers by status, and how many 200s were degraded."""
+    buckets: dict[int, dict[str, int]] = {}
+    for o in run.outcomes:
+        counts = buckets.setdefault(int(o.intended_s // bucket_s), {})
+        key = "degraded" if o.degraded else str(o.status)
+        counts[key] = counts.get(key, 0) + 1
+    marks = {int(t // bucket_s): name for name, t in run.marks.items()}
+    return [
+        f"{b * bucket_s:6.1f}s {' '.join(f'{k}={v}' for k, v in sorted(buckets[b].items()))}"
+        + (f"   <- {marks[b]}" if b in marks else "")
+        for b in sorted(buckets)
+    ]

@@ -18,7 +18,7 @@ import orjson
 import psutil
 import redis
 
-from loadtest.chaos_load import Fault, Outcome, Run, TransactionFactory, open_loop, p99_ms, share
+from loadtest.chaos_load import Fault, Outcome, Run, TransactionFactory, open_loop, p99_ms, share, timeline
 from loadtest.httpload import Target, closed_loop
 from loadtest.procstats import ProcessTreeSampler
 from serve_app.redis_server import EmbeddedRedis
@@ -65,7 +65,10 @@ def _load(
         connections=connections,
         timeout_s=timeout_s,
     )
-    return asyncio.run(load)
+    run = asyncio.run(load)
+    if os.environ.get("FRAUD_CHAOS_TIMELINE"):
+        print("\n".join(timeline(run)), flush=True)
+    return run
 
 
 def _ok_check(status: int, _body: bytes) -> str | None:

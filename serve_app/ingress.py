@@ -15,7 +15,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app import metrics
-from serve_app.admin import admin_router, reload_graph, reload_models
+from serve_app.admin import ReloadResponse, admin_router, reload_graph, reload_models
 from serve_app.bundle import ModelBundle
 from serve_app.feature_fetcher import FeatureBatch, StoreUnavailableError
 from serve_app.http_api import API_KEY_HEADER, GuardMiddleware, StrictJSONRoute, install_error_handlers
@@ -116,7 +116,7 @@ class Ingress:
         settings = get_settings()
         self.api_keys = settings.api_key_list()
         self.admin_keys = settings.admin_key_list()
-        install_record_redaction([*self.api_keys, *settings.admin_key_list()])
+        install_record_redaction([*self.api_keys, *self.admin_keys])
         if not self.api_keys:
             logger.warning("FRAUD_API_KEYS is empty: every route except health and docs will answer 401")
 
@@ -144,7 +144,8 @@ class Ingress:
         """This replica's part of POST /v1/admin/reload (broadcast to every ingress replica)."""
         return await asyncio.to_thread(self.reloader.refresh, retry_refused=True)
 
-    async def reload_graph(self) -> tuple[int, Any]:
+    async def reload_graph(self) -> tuple[int, ReloadResponse]:
+        """POST /v1/admin/reload: every model and ingress replica re-resolves the alias now."""
         context = serve.get_replica_context()
         return await reload_graph(
             {"LogisticRegressionModel": self.lr_model, "XGBoostModel": self.xgb_model},

@@ -1,8 +1,8 @@
-"""Model deployments' plain classes: vectorised predict from one bundle, reload on reconfigure."""
+"""Model deployments' plain classes: vectorised predict from one bundle, polling set by reconfigure."""
 
 from __future__ import annotations
 
-import shutil
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -61,26 +61,50 @@ def test_predict_is_vectorised_and_tagged_with_the_bundle_version(
     assert contributions.shape == (17, F)
 
 
-def test_reconfigure_reloads_only_when_the_selection_changes(bundle_dir: Path) -> None:
+def test_reconfigure_starts_and_stops_the_alias_poller(bundle_dir: Path) -> None:
     model = _plain(LogisticRegressionModel)(DirectoryLoader(str(bundle_dir)), "champion")
-    first = model.bundle
-    model.reconfigure({"revision": 0})
-    assert model.bundle is first  # same alias, same revision: nothing to do
-    model.reconfigure({"revision": 1})
-    assert model.bundle is not first
-    model.reconfigure({"model_alias": "challenger", "revision": 1})
-    assert model.selection == ("challenger", 1)
+
+    async def scenario() -> list[tuple[bool, float]]:
+        seen = []
+        for interval in (5, 0.5, 0):
+            await model.reconfigure({"model_poll_interval_s": interval, "revision": 0})
+            seen.append((model.poller.running, model.poller.interval_s))
+        return seen
+
+    assert asyncio.run(scenario()) == [(True, 5.0), (True, 0.5), (False, 0.0)]
 
 
-def test_a_bad_user_config_or_a_failed_reload_keeps_the_old_bundle(bundle_dir: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "bundle"
-    shutil.copytree(bundle_dir, copy)
-    model = _plain(XGBoostModel)(DirectoryLoader(str(copy)), "champion")
+def test_a_revision_bump_re_resolves_the_alias_now(bundle_dir: Path) -> None:
+    model = _plain(XGBoostModel)(DirectoryLoader(str(bundle_dir)), "champion")
     served = model.bundle
-    with pytest.raises(ValidationError, match="revison"):
-        model.reconfigure({"revison": 2})
-    shutil.rmtree(copy)
-    with pytest.raises(BundleError, match="does not exist"):
-        model.reconfigure({"revision": 2})
+    asyncio.run(model.reconfigure({"model_poll_interval_s": 0, "revision": 1}))
+    assert model.revision == 1
+    assert model.bundle is served  # a directory's one version never moves: nothing to swap
+    outcome = asyncio.run(model.reload())
+    assert (outcome.status, outcome.version, outcome.held_versions) == ("unchanged", "local", ["local"])
+
+
+@pytest.mark.parametrize(
+    ("user_config", "field"),
+    [
+        ({"revison": 2}, "revison"),
+        ({"model_alias": "challenger"}, "model_alias"),
+        ({"model_poll_interval_s": -1}, "model_poll_interval_s"),
+    ],
+)
+def test_a_bad_user_config_is_refused_naming_the_field(
+    bundle_dir: Path, user_config: dict[str, object], field: str
+) -> None:
+    model = _plain(XGBoostModel)(DirectoryLoader(str(bundle_dir)), "champion")
+    served = model.bundle
+    with pytest.raises(ValidationError, match=field):
+        asyncio.run(model.reconfigure(user_config))
     assert model.bundle is served
-    assert model.selection == ("champion", 0)
+
+
+def test_a_directory_serves_only_its_own_version(bundle_dir: Path) -> None:
+    loader = DirectoryLoader(str(bundle_dir), version="7")
+    assert loader.resolve("champion") == "7"
+    assert loader.load_version("7").version == "7"
+    with pytest.raises(BundleError, match="not '8'"):
+        loader.load_version("8")

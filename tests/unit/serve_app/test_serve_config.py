@@ -129,3 +129,26 @@ def test_app_args_refuse_unknown_and_mistyped_keys() -> None:
         AppArgs.model_validate({"redis_ur": "redis://x"})
     with pytest.raises(ValueError, match="max_body_bytes"):
         AppArgs.model_validate({"max_body_bytes": "1MB"})
+
+
+def test_models_and_ingress_poll_the_model_alias_at_one_interval(config: ServeDeploySchema) -> None:
+    deployments = _deployments(config)
+    intervals = {
+        name: schema.model_validate(_user_config(deployments[name]) or {}).model_poll_interval_s
+        for name, schema in (
+            ("Ingress", IngressUserConfig),
+            ("LogisticRegressionModel", ModelUserConfig),
+            ("XGBoostModel", ModelUserConfig),
+        )
+    }
+    # One interval: the ingress switches after the models, so a slower model poll only means more
+    # pinned loads on the request path, and a faster one more registry queries for nothing.
+    assert len(set(intervals.values())) == 1, intervals
+    assert 0 < intervals["Ingress"] <= 300, "a moved champion should be served within minutes"
+
+
+def test_replicas_holding_an_xgboost_booster_let_openmp_wait_passively(config: ServeDeploySchema) -> None:
+    deployments = _deployments(config)
+    for name in ("Ingress", "LogisticRegressionModel", "XGBoostModel"):
+        runtime_env = deployments[name].ray_actor_options.runtime_env or {}
+        assert runtime_env.get("env_vars", {}).get("OMP_WAIT_POLICY") == "PASSIVE", name
