@@ -33,7 +33,8 @@ from loadtest.chaos_scenarios import (
     replica_kill,
 )
 from loadtest.procstats import server_roots
-from serve_app.redis_server import EmbeddedRedis, free_port
+from serve_app.redis_server import EmbeddedRedis
+from serve_app.run import choose_side_ports
 
 SCENARIOS = ("capacity", "redis_down", "redis_slow", "overload", "replica_kill", "labels_kill9", "fsync_cost")
 # What `make run` turns on (serve_app.run.FAST_PATH_ENV): the stack under test is the one users get.
@@ -78,10 +79,10 @@ def own_stack(bundle_dir: Path | None, fast_path: bool) -> Iterator[ChaosTarget]
         server = EmbeddedRedis(directory=work / "redis").start()
         if fast_path:
             os.environ.update({k: os.environ.get(k, v) for k, v in FAST_PATH_ENV.items()})
-            # HAProxy binds its stats page and metrics on *all* interfaces at fixed ports (8404, 9101):
-            # free ones here, so a second stack on the machine does not fail to start.
-            for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
-                os.environ.setdefault(name, str(free_port()))
+            # HAProxy mode's side ports are fixed (stats 8404 and metrics 9101 on all interfaces, the
+            # fallback proxy on 8500): with another stack on the machine, HAProxy would fail to start or,
+            # worse, fall back to *that* stack's proxy while our Ingress restarts. Free ones, as make run.
+            choose_side_ports()
         try:
             # address="local": a fresh cluster of our own (its GCS on a free port), never someone else's.
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

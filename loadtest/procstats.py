@@ -56,7 +56,7 @@ def process_label(proc: psutil.Process) -> str:
     if "ServeReplica:" in first:  # `ray::SERVE_REPLICA::app#Dep#id:ServeReplica:app:Dep.method`
         return "ServeReplica:" + first.split("ServeReplica:", 1)[1].split(".", 1)[0].split()[0]
     if first.startswith("ray::"):
-        return first.split()[0]
+        return first.split()[0].split(".", 1)[0]  # `ray::ServeController.listen_for_change` -> actor
     if len(cmdline) > 1 and first.rsplit("/", 1)[-1].startswith("python"):
         if "-m" in cmdline[1:-1]:
             return f"python -m {cmdline[cmdline.index('-m') + 1]}"
