@@ -20,13 +20,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from loadtest.chaos_durability import fsync_cost, labels_survive_kill9
 from loadtest.chaos_scenarios import (
     ChaosTarget,
     Figure,
     Skip,
     capacity,
-    fsync_cost,
-    labels_survive_kill9,
     overload,
     redis_down,
     redis_slow,
@@ -57,7 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
     p.add_argument("--outage-s", type=float, default=30.0, help="how long Redis stays down")
     p.add_argument("--step-s", type=float, default=20.0, help="length of the overload and replica-kill steps")
-    p.add_argument("--load-fraction", type=float, default=0.5, help="fault load as a share of capacity")
+    p.add_argument("--load-fraction", type=float, default=0.3, help="fault load as a share of capacity")
     p.add_argument("--overload-factor", type=float, default=3.0, help="overload as a multiple of capacity")
     p.add_argument("--json", type=Path, help="also write the figures here")
     return p.parse_args(argv)

@@ -7,14 +7,12 @@ import asyncio
 import contextlib
 import os
 import signal
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-import orjson
 import psutil
 import redis
 
@@ -250,117 +248,40 @@ def replica_kill(target: ChaosTarget, rate: float, seconds: float) -> list[Figur
     from loadtest.chaos_stack import kill_replica, replica_actor_names, wait_until_healthy
 
     killed: list[str] = []
-    healthy_after: list[float] = []
+    replaced_after: list[float] = []
 
     def kill_one_of_each() -> None:
-        for names in replica_actor_names().values():
+        before = replica_actor_names()
+        started = time.monotonic()
+        for names in before.values():
             kill_replica(names[0])
-            killed.append(names[0].split("#")[1])
-        time.sleep(1.0)  # let the controller notice the deaths before asking whether all is healthy
-        healthy_after.append(1.0 + wait_until_healthy(timeout_s=max(60.0, seconds)))
+            killed.append(names[0])
+        # Replaced: every deployment back to its replica count, none of the killed actors among them.
+        while time.monotonic() - started < max(90.0, seconds):
+            now = replica_actor_names()
+            if all(
+                len(now.get(d, [])) >= len(n) and not set(now.get(d, [])) & set(killed)
+                for d, n in before.items()
+            ):
+                replaced_after.append(time.monotonic() - started)
+                break
+            time.sleep(0.25)
+        wait_until_healthy(timeout_s=60.0)
 
-    at = 5.0
-    run = _load(target, rate, seconds, retry_once=True, faults=[Fault(at, "kill", kill_one_of_each)])
-    first_failed = [o for o in run.outcomes if o.first_status != 200]
-    failed = [o for o in run.outcomes if o.status != 200]
+    run = _load(target, rate, seconds, retry_once=True, faults=[Fault(5.0, "kill", kill_one_of_each)])
+    first_failed = sum(1 for o in run.outcomes if o.first_status != 200)
     expected = max(1, int(rate * seconds))
-    lost_unanswered = expected - len(run.outcomes)
+    failed = sum(1 for o in run.outcomes if o.status != 200) + expected - len(run.outcomes)
     return [
         ("offered rate", round(rate, 1), "req/s"),
-        ("replicas killed", ", ".join(sorted(killed)) or "none", ""),
+        ("replicas killed", ", ".join(sorted(n.split("#")[1] for n in killed)) or "none", ""),
         ("requests", expected, "requests"),
+        ("failed at the first attempt", f"{first_failed} ({100 * first_failed / expected:.2f} %)", ""),
+        ("failed after one client retry", f"{failed} ({100 * failed / expected:.2f} %)", ""),
         (
-            "failed at the first attempt",
-            f"{len(first_failed)} ({100 * len(first_failed) / expected:.2f} %)",
-            "",
-        ),
-        (
-            "failed after one client retry",
-            f"{len(failed) + lost_unanswered} ({100 * (len(failed) + lost_unanswered) / expected:.2f} %)",
-            "",
-        ),
-        (
-            "all deployments healthy again after",
-            round(healthy_after[0], 1) if healthy_after else "not within bound",
+            "killed replicas replaced after",
+            round(replaced_after[0], 1) if replaced_after else "over bound",
             "s",
         ),
         ("p99 latency over the run (200s)", round(p99_ms(run.outcomes), 1), "ms"),
     ]
-
-
-# ---- labels and fsync -----------------------------------------------------------------------------------
-
-
-def labels_survive_kill9(target: ChaosTarget, labels: int = 400, rate: float = 80.0) -> list[Figure]:
-    """Labels sent while Redis is kill -9'ed and restarted: every acknowledged one must be there after."""
-    server = target.redis
-    if server is None:
-        raise Skip("needs a Redis this run started (kill -9 and restart)")
-    factory = TransactionFactory(seed=7)
-    txids: list[str] = []
-    per_request = 25  # small batches: the store's per-call deadline is sized for the batching ingress
-    for _ in range(labels // per_request):
-        batch = [factory.payload() for _ in range(per_request)]
-        request = urllib.request.Request(  # noqa: S310 - 127.0.0.1 only
-            f"{target.base_url}/v1/score/batch",
-            data=orjson.dumps({"transactions": batch}),
-            headers={"Content-Type": "application/json", "X-API-Key": target.api_key},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
-            results = orjson.loads(response.read())["results"]
-        txids += [r["transaction_id"] for r in results if not r["degraded"]]
-    if len(txids) < labels // 2:
-        return [("skipped", f"only {len(txids)} of {labels} transactions reached the store", "")]
-    stamp = "2030-01-01T00:00:00Z"
-    bodies = iter(
-        [
-            orjson.dumps({"transaction_id": t, "is_fraud": i % 2 == 0, "labelled_at": stamp})
-            for i, t in enumerate(txids)
-        ]
-    )
-    seconds = len(txids) / rate
-    lock = threading.Lock()
-
-    def next_body() -> bytes:
-        with lock:
-            return next(bodies)
-
-    faults = [Fault(seconds / 3, "kill9", server.kill), Fault(seconds / 3 + 1.0, "restart", server.start)]
-    run = asyncio.run(
-        open_loop(
-            target.base_url, target.api_key, rate, seconds, next_body, path="/v1/feedback", faults=faults
-        )
-    )
-    acknowledged = [o.index for o in run.outcomes if o.status == 200]
-    client = redis.Redis.from_url(server.url, decode_responses=True)
-    stored = [client.hget(f"fraud:tx:{txids[i]}", "label") for i in acknowledged]
-    client.close()
-    expected = ["1" if i % 2 == 0 else "0" for i in acknowledged]
-    lost = sum(1 for got, want in zip(stored, expected, strict=True) if got != want)
-    return [
-        ("labels sent around a kill -9 of Redis", len(run.outcomes), "labels"),
-        ("acknowledged (200)", len(acknowledged), "labels"),
-        ("refused while Redis was down (503)", sum(1 for o in run.outcomes if o.status == 503), "labels"),
-        ("other non-200", sum(1 for o in run.outcomes if o.status not in (200, 503)), "labels"),
-        ("acknowledged but missing after restart", lost, "labels"),
-    ]
-
-
-def fsync_cost(target: ChaosTarget, seconds: float) -> list[Figure]:
-    """Scoring throughput with appendfsync always vs everysec on the same Redis (CONFIG SET, restored)."""
-    if target.redis_url is None:
-        raise Skip("needs --redis-url (or a Redis this run started)")
-    client = redis.Redis.from_url(target.redis_url, decode_responses=True)
-    original = str(client.config_get("appendfsync")["appendfsync"])
-    figures: list[Figure] = []
-    try:
-        for policy in ("always", "everysec", "always", "everysec"):
-            client.config_set("appendfsync", policy)
-            rate, measured = capacity(target, seconds)
-            figures.append(
-                (f"appendfsync {policy}: throughput, p50 / p99", f"{rate:.0f} req/s, {measured[1][1]} ms", "")
-            )
-    finally:
-        client.config_set("appendfsync", original)
-        client.close()
-    return figures

@@ -93,11 +93,16 @@ class TreeModel:
         return np.asarray(self.booster.inplace_predict(matrix), dtype=np.float64)
 
     def contributions(self, x: npt.ArrayLike) -> FloatArray:
-        """(n, F) SHAP log-odds contributions (the bias column dropped)."""
+        """(n, F) per-feature log-odds contributions along each tree's path (the bias column dropped).
+
+        Saabas path attributions (`approx_contribs`), not exact TreeSHAP: both add up to the margin and rank
+        the same top features in practice, but exact SHAP cost ~1.5 s of CPU per 1,000 rows on the default
+        champion (measured during replay) against ~12 ms, and reasons are computed for every response.
+        """
         matrix = _as_matrix(x, self.n_features)
         # The booster remembers the training feature names and refuses an unnamed DMatrix.
         dmatrix = xgb.DMatrix(matrix, feature_names=self.booster.feature_names, nthread=1)
-        contribs = self.booster.predict(dmatrix, pred_contribs=True)
+        contribs = self.booster.predict(dmatrix, pred_contribs=True, approx_contribs=True)
         return np.asarray(contribs, dtype=np.float64)[:, :-1]
 
 

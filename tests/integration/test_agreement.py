@@ -33,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "agreement-test-key"
 MODEL_NAME = "fraud-scorer"
 LABEL_DELAY_DAYS = 2.0
-TRAIN_UNTIL = "2026-01-23"  # 22 days of training history, then 8 days replayed live
+TRAIN_UNTIL = "2026-01-25"  # 24 days of training history, then 6 days replayed live
 PR_AUC_TOLERANCE = 0.01
 
 
