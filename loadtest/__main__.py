@@ -14,12 +14,21 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from loadtest.httpload import HttpLoadError, Target
 from loadtest.payloads import new_run_token
 from loadtest.procstats import ProcessTreeSampler, Usage, server_roots
-from loadtest.runenv import API_KEY_ENV, RUN_TOKEN_ENV, SCENARIO_ENV, SEED_ENV, api_key
+from loadtest.runenv import (
+    ALLOW_DEGRADED_ENV,
+    ANSWERS_FILE_ENV,
+    API_KEY_ENV,
+    RUN_TOKEN_ENV,
+    SCENARIO_ENV,
+    SEED_ENV,
+    api_key,
+)
 from loadtest.slo import DEFAULT_CONFIG, SCENARIOS, ConfigError, judge, load_config, read_stats_csv
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -40,6 +49,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--allow-remote", action="store_true", help="permit a host other than localhost")
     p.add_argument(
         "--watch-pid", type=int, action="append", help="server process (tree) to sample; repeatable"
+    )
+    p.add_argument(
+        "--allow-degraded",
+        action="store_true",
+        help="count degraded answers (store too slow) instead of failing them; reported either way",
     )
     return p.parse_args(argv)
 
@@ -75,6 +89,15 @@ def _memory_sampler(host: str, watch: list[int] | None) -> ProcessTreeSampler | 
     return ProcessTreeSampler(roots, interval_s=2.0).start()
 
 
+def _read_answers(path: Path) -> dict[str, Any] | None:
+    """The locustfile's tally of scored and degraded answers (absent if Locust died early)."""
+    try:
+        tally = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return tally if isinstance(tally, dict) else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -98,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env[SCENARIO_ENV] = args.scenario
     env[SEED_ENV] = str(args.seed)
     env[RUN_TOKEN_ENV] = new_run_token()
+    env[ANSWERS_FILE_ENV] = str(out / "answers.json")
+    env[ALLOW_DEGRADED_ENV] = "1" if args.allow_degraded else "0"
     if args.api_key:
         env[API_KEY_ENV] = args.api_key
     if not (args.api_key or api_key()):
@@ -127,6 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"requests {summary.requests}  failures {summary.failures} ({summary.error_rate:.3%})")
     print(f"latency ms  p50 {summary.p50_ms:g}  p95 {summary.p95_ms:g}  p99 {summary.p99_ms:g}")
     print(f"throughput  {summary.rps:.1f} req/s over {time.monotonic() - started:.0f} s")
+    tally = _read_answers(out / "answers.json")
+    if tally:
+        print(
+            f"answers     {tally.get('scored', 0)} scored with history, {tally.get('degraded', 0)} degraded"
+        )
     if usage:
         growth_text = "n/a" if growth is None else f"{growth:+.1f} %"
         rss = f"RSS mean {usage.rss_mb_mean:.0f} MB, growth {growth_text}"
@@ -139,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "duration_s": duration,
         "host": args.host,
         "summary": {**summary.model_dump(), "error_rate": summary.error_rate},
+        "answers": tally,
         "server": None if usage is None else {
             "cpu_cores": usage.cpu_cores, "rss_mb_mean": usage.rss_mb_mean, "memory_growth_pct": growth
         },

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
@@ -20,7 +22,15 @@ from locust import FastHttpUser, LoadTestShape, User, between, events, task
 from locust.env import Environment
 
 from loadtest.payloads import PayloadFactory, Population, fraud_burst, population_from_generator
-from loadtest.runenv import RUN_TOKEN_ENV, SCENARIO_ENV, SEED_ENV, api_key, selected_scenario
+from loadtest.runenv import (
+    ANSWERS_FILE_ENV,
+    RUN_TOKEN_ENV,
+    SCENARIO_ENV,
+    SEED_ENV,
+    api_key,
+    degraded_is_failure,
+    selected_scenario,
+)
 from loadtest.slo import ScenarioConfig, load_config
 
 SCORE_PATH = "/v1/score"
@@ -28,6 +38,7 @@ BATCH_PATH = "/v1/score/batch"
 
 _stream_numbers = itertools.count()
 burst_decisions: Counter[str] = Counter()  # decisions on burst transactions, printed when the test stops
+answers: Counter[str] = Counter()  # transactions answered "scored" (with history) or "degraded"
 
 
 @functools.cache
@@ -46,13 +57,26 @@ def _build_population_before_the_clock_starts(environment: Environment, **_: Any
 
 
 @events.test_stop.add_listener
-def _report_bursts(environment: Environment, **_: Any) -> None:
+def _report_answers(environment: Environment, **_: Any) -> None:
     total = sum(burst_decisions.values())
     if total:
         flagged = total - burst_decisions.get("approve", 0)
         print(
             f"fraud-burst: {total} burst transactions, {flagged / total:.1%} flagged {dict(burst_decisions)}"
         )
+    path = os.environ.get(ANSWERS_FILE_ENV)
+    if path:
+        tally = {"scored": answers["scored"], "degraded": answers["degraded"], "burst": dict(burst_decisions)}
+        Path(path).write_text(json.dumps(tally))
+
+
+def _tally(resp: Any, degraded: int, total: int) -> None:
+    """Count the answers; with degraded answers, fail the request unless the run allows them."""
+    answers["degraded"] += degraded
+    answers["scored"] += total - degraded
+    if degraded and degraded_is_failure():
+        # Degraded means the feature store did not answer in time: under load that is an outage.
+        resp.failure(f"{degraded} degraded answer(s) (scored without feature history)")
 
 
 class _ScorerUser(FastHttpUser):
@@ -70,7 +94,7 @@ class _ScorerUser(FastHttpUser):
         self.json_headers = {"Content-Type": "application/json", "X-API-Key": api_key()}
 
     def post_score(self, body: dict[str, Any], name: str = SCORE_PATH) -> dict[str, Any] | None:
-        """One single-transaction request; a non-200, a malformed or a degraded answer is a failure."""
+        """One single-transaction request; a non-200 or malformed answer fails (degraded: see _tally)."""
         with self.client.post(
             SCORE_PATH,
             data=orjson.dumps(body),  # type: ignore[arg-type]  # Locust documents bytes; its hint says str
@@ -88,9 +112,8 @@ class _ScorerUser(FastHttpUser):
                 return None
             if answer.get("transaction_id") != body["transaction_id"] or "decision" not in answer:
                 resp.failure("response does not score the transaction that was sent")
-            elif answer.get("degraded"):
-                # Degraded means the feature store did not answer: under load that is an outage, not a score.
-                resp.failure("degraded answer (scored without feature history)")
+            else:
+                _tally(resp, 1 if answer.get("degraded") else 0, 1)
             return answer
 
 
@@ -160,8 +183,8 @@ class BatchUser(_ScorerUser):
                 return
             if len(results) != size:
                 resp.failure(f"{len(results)} results for {size} transactions")
-            elif any(r.get("degraded") for r in results):
-                resp.failure("degraded answers in the batch (scored without feature history)")
+            else:
+                _tally(resp, sum(1 for r in results if r.get("degraded")), size)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from serve_app.schemas import Feedback, Transaction
 from serve_app.settings import get_settings
 
 logger = logging.getLogger(__name__)
+# Transactions per store deadline: about what Redis runs between two flushes of its replies.
+STORE_CHUNK = 64
 FloatArray = npt.NDArray[np.float64]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -97,7 +99,11 @@ class FeatureFetcher:
         if self.breaker.allow():
             started = time.perf_counter()
             try:
-                raw = await asyncio.wait_for(self.store.fetch_and_update(events), timeout=self.deadline_s)
+                # A 1000-transaction batch request is one pipeline too: give it a deadline per chunk.
+                chunks = -(-len(events) // STORE_CHUNK)
+                raw = await asyncio.wait_for(
+                    self.store.fetch_and_update(events), timeout=self.deadline_s * chunks
+                )
             except (OnlineStoreError, TimeoutError) as exc:
                 self.breaker.record_failure()
                 metrics.observe_store_latency(time.perf_counter() - started, ok=False)
@@ -113,6 +119,7 @@ class FeatureFetcher:
                 self.pending.drain_soon(self.store.fetch_and_update)
                 return FeatureBatch(derive_features(raw, req), np.zeros(len(transactions), dtype=bool))
         self.pending.add(events)
+        self.pending.drain_soon(self.store.fetch_and_update)  # retries in the background until it lands
         return FeatureBatch(degraded_features(req, history_fill), np.ones(len(transactions), dtype=bool))
 
     async def apply_labels(self, labels: list[Feedback]) -> list[str]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,23 @@ __all__ = [
 ]
 
 
+@contextmanager
+def cache_lock(cache_dir: Path) -> Iterator[None]:
+    """One bundle load at a time per cache directory, across the replicas of a host that share it.
+
+    The model store heals a cached bundle that fails its checks by deleting and downloading it again; when
+    replicas load the same version together (a hot reload), that delete would pull files out from under
+    another replica's read and turn a clear refusal into a puzzling one. Loads are rare; waiting is cheap.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with (cache_dir / ".load.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @dataclass(frozen=True)
 class RegistryLoader:
     """Loads `models:/<name>@<alias>` through serve_app.model_store; None settings resolve in the replica."""
@@ -52,7 +72,8 @@ class RegistryLoader:
         from serve_app.model_store import load_registered_bundle
 
         tracking_uri, cache_dir = self._where()
-        return load_registered_bundle(self.model_name, alias, tracking_uri, cache_dir)
+        with cache_lock(cache_dir):
+            return load_registered_bundle(self.model_name, alias, tracking_uri, cache_dir)
 
     def resolve(self, alias: str) -> str | None:
         from serve_app.model_store import resolve_alias_version
@@ -63,7 +84,8 @@ class RegistryLoader:
         from serve_app.model_store import load_registered_version
 
         tracking_uri, cache_dir = self._where()
-        return load_registered_version(self.model_name, version, tracking_uri, cache_dir)
+        with cache_lock(cache_dir):
+            return load_registered_version(self.model_name, version, tracking_uri, cache_dir)
 
 
 @dataclass(frozen=True)

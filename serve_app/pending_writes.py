@@ -25,10 +25,12 @@ Writer = Callable[[Sequence[StoreEvent]], Awaitable[object]]
 class PendingWrites:
     """A bounded FIFO of unrecorded events, drained by one background task at a time."""
 
-    def __init__(self, max_events: int = 50_000, chunk: int = 256, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self, max_events: int = 50_000, chunk: int = 256, timeout_s: float = 1.0, retry_s: float = 1.0
+    ) -> None:
         if max_events < 1 or chunk < 1:
             raise ValueError("max_events and chunk must be at least 1")
-        self.max_events, self.chunk, self.timeout_s = max_events, chunk, timeout_s
+        self.max_events, self.chunk, self.timeout_s, self.retry_s = max_events, chunk, timeout_s, retry_s
         self.events: deque[StoreEvent] = deque()
         self.dropped = 0
         self.replayed = 0
@@ -50,18 +52,24 @@ class PendingWrites:
             self._task = asyncio.get_running_loop().create_task(self.drain(write))
 
     async def drain(self, write: Writer) -> None:
-        """Write chunk after chunk; on the first failure put the chunk back and stop (the next success
-        starts another drain)."""
+        """Write chunk after chunk until none is left; a failed chunk goes back to the front and is tried
+        again `retry_s` later, so the backlog lands even when no request follows the outage."""
+        failures = 0
         while self.events:
             batch = [self.events.popleft() for _ in range(min(self.chunk, len(self.events)))]
             try:
                 await asyncio.wait_for(write(batch), self.timeout_s)
             except (OnlineStoreError, TimeoutError) as exc:
                 self.events.extendleft(reversed(batch))
-                logger.warning(
-                    "replaying %d pending writes stopped (%s)", len(self.events), type(exc).__name__
-                )
-                return
+                failures += 1
+                if failures == 1:  # one line per outage, not one per second
+                    logger.warning("%d writes wait for the store (%s)", len(self.events), type(exc).__name__)
+                await asyncio.sleep(self.retry_s)
+                continue
+            except asyncio.CancelledError:
+                self.events.extendleft(reversed(batch))  # in flight when cancelled: still unrecorded
+                raise
+            failures = 0
             self.replayed += len(batch)
         logger.info("pending writes replayed: %d in total, %d dropped", self.replayed, self.dropped)
 

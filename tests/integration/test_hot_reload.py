@@ -191,11 +191,19 @@ def _fingerprint(body: dict[str, Any]) -> Fingerprint:
 
 
 def _capture(graph: DeployedGraph, fixed: list[dict[str, Any]], version: str) -> dict[str, Fingerprint]:
-    """Each fixed transaction's answer while `version` alone serves."""
+    """Each fixed transaction's answer while `version` alone serves (with its stored features: an answer
+    degraded by a slow store is asked again)."""
+    captured = {}
     with graph.client() as http:
-        bodies = [http.post("/v1/score", json=tx).json() for tx in fixed]
-    assert {b["model_version"] for b in bodies} == {version}
-    return {b["transaction_id"]: _fingerprint(b) for b in bodies}
+        for tx in fixed:
+            for _attempt in range(5):
+                body = http.post("/v1/score", json=tx).json()
+                assert body["model_version"] == version
+                if not body["degraded"]:
+                    captured[tx["transaction_id"]] = _fingerprint(body)
+                    break
+    assert len(captured) == len(fixed), "the feature store kept timing out"
+    return captured
 
 
 def _reload(graph: DeployedGraph) -> httpx.Response:
@@ -228,7 +236,7 @@ def test_champion_moves_under_load_without_a_failed_or_mixed_answer(
         body = refused.json()
         assert (body["status"], body["model_version"], body["consistent"]) == ("refused", v2, True)
         assert {r["candidate_version"] for r in body["replicas"]} == {v3}
-        assert all("feature list" in (r["detail"] or "") for r in body["replicas"])
+        assert all("feature list" in (r["detail"] or "") for r in body["replicas"]), body
         holders = {r["holder"].split("#")[0] for r in body["replicas"]}
         assert holders == {"Ingress", "LogisticRegressionModel", "XGBoostModel"}
         after_refusal = time.monotonic()
@@ -254,7 +262,10 @@ def test_champion_moves_under_load_without_a_failed_or_mixed_answer(
         lr2, xgb2, _ = reference[v2][tx_id]
         assert lr1 != lr2
         assert xgb1 != xgb2
-    mixed = [a for a in answers if _fingerprint(a.body) != reference[a.body["model_version"]][a.tx_id]]
+    # A degraded answer (the store was slow on a busy machine) has fill values as features: not comparable.
+    exact = [a for a in answers if not a.body["degraded"]]
+    assert len(exact) >= len(answers) / 2, "too few answers with stored features to check"
+    mixed = [a for a in exact if _fingerprint(a.body) != reference[a.body["model_version"]][a.tx_id]]
     assert not mixed, f"{len(mixed)} answers differ from their version's own, e.g. {mixed[:2]}"
     # The ensemble part of each answer is its version's too (not just the two models).
     for version, answers_of in reference.items():
@@ -263,7 +274,8 @@ def test_champion_moves_under_load_without_a_failed_or_mixed_answer(
             assert p == pytest.approx(float(bundle.combine(np.array([p_lr]), np.array([p_xgb]))[0]), abs=1e-4)
     took = np.array([a.took for a in answers]) * 1000
     print(
-        f"\nhot reload: {len(answers)} requests, 0 failed, 0 mixed; latency ms "
+        f"\nhot reload: {len(answers)} requests ({len(answers) - len(exact)} degraded), 0 failed, 0 mixed; "
+        "latency ms "
         f"p50 {np.percentile(took, 50):.0f} p99 {np.percentile(took, 99):.0f} max {took.max():.0f}; "
         f"polling served v2 {timings['poll_swap_s']:.1f} s after the alias moved"
     )

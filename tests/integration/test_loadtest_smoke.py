@@ -68,6 +68,9 @@ def test_steady_scenario_runs_without_errors(graph_url: str, tmp_path: Path) -> 
         sys.executable, "-m", "loadtest", "steady",
         "--users", "3", "--duration", "6",
         "--host", graph_url, "--api-key", API_KEY, "--out", str(out),
+        # A degraded answer is the store missing its 50 ms deadline: timing, which a busy CI machine
+        # cannot promise. It is counted (and checked below) instead of failed.
+        "--allow-degraded",
     ]  # fmt: skip
     proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240, check=False)
     # 0 = SLO met, 1 = missed (timings on a busy CI machine are not this test's business); 2/3 = broken.
@@ -78,4 +81,8 @@ def test_steady_scenario_runs_without_errors(graph_url: str, tmp_path: Path) -> 
     assert summary.failures == 0, failures
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["summary"]["failures"] == 0
+    # Every request was answered, and the feature store really served (most) of them.
+    answers = verdict["answers"]
+    assert answers["scored"] + answers["degraded"] == summary.requests
+    assert answers["scored"] > answers["degraded"], answers
     assert (out / "report.html").stat().st_size > 0

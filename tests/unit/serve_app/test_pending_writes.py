@@ -17,17 +17,17 @@ def events(n: int, start: int = 0) -> list[StoreEvent]:
 
 
 class Store:
-    """Records what it was asked to write; fails while `down` (a stand-in for Redis' answers only)."""
+    """Records what it was asked to write; its first `failures` calls fail (a stand-in for Redis' answers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, failures: int = 0) -> None:
         self.written: list[str] = []
-        self.down = False
+        self.failures = failures
         self.calls = 0
 
     async def write(self, batch: Sequence[StoreEvent]) -> None:
         self.calls += 1
         await asyncio.sleep(0)
-        if self.down:
+        if self.calls <= self.failures:
             raise OnlineStoreError("down")
         self.written += [e.transaction_id for e in batch]
 
@@ -42,15 +42,13 @@ def test_drain_writes_everything_in_order_in_chunks() -> None:
     assert pending.replayed == 7
 
 
-def test_a_failed_chunk_goes_back_to_the_front() -> None:
-    pending, store = PendingWrites(chunk=2), Store()
+def test_a_failed_chunk_goes_back_to_the_front_and_is_retried_until_it_lands() -> None:
+    pending, store = PendingWrites(chunk=2, retry_s=0.001), Store(failures=3)
     pending.add(events(5))
-    store.down = True
     asyncio.run(pending.drain(store.write))
-    assert [e.transaction_id for e in pending.events] == [f"t{i}" for i in range(5)]
-    store.down = False
-    asyncio.run(pending.drain(store.write))
-    assert store.written == [f"t{i}" for i in range(5)]
+    assert store.written == [f"t{i}" for i in range(5)]  # nothing lost, nothing twice, order kept
+    assert store.calls == 3 + 3
+    assert len(pending) == 0
 
 
 @pytest.mark.parametrize(("first", "second", "limit"), [(3, 4, 5), (0, 9, 5), (5, 0, 5), (2, 2, 5)])
@@ -84,7 +82,11 @@ def test_a_hanging_store_times_out_and_keeps_the_events() -> None:
     async def hang(_batch: Sequence[StoreEvent]) -> None:
         await asyncio.sleep(10)
 
-    pending = PendingWrites(timeout_s=0.01)
+    async def scenario(pending: PendingWrites) -> None:
+        pending.drain_soon(hang)
+        await asyncio.sleep(0.1)  # several timed-out attempts
+
+    pending = PendingWrites(timeout_s=0.01, retry_s=0.01)
     pending.add(events(3))
-    asyncio.run(pending.drain(hang))
-    assert len(pending) == 3
+    asyncio.run(scenario(pending))
+    assert [e.transaction_id for e in pending.events] == ["t0", "t1", "t2"]
