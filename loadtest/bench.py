@@ -124,7 +124,6 @@ def table(targets: dict[str, dict[str, Any]], ratios: dict[str, float | None]) -
         ("one client p99 (ms)", ("single_client", "p99_ms"), "{:.1f}"),
         ("batch of 256 (tx/s)", ("batch", "tx_per_s"), "{:.0f}"),
         ("batch p99 per call (ms)", ("batch", "p99_ms"), "{:.0f}"),
-        ("  with approximate reasons (tx/s)", ("batch_approx_reasons", "tx_per_s"), "{:.0f}"),
         ("server CPU at max rate (cores)", ("max_rate", "server_cpu_cores"), "{:.2f}"),
         ("server RSS at max rate (MB)", ("max_rate", "server_rss_mb"), "{:.0f}"),
         ("generator CPU at max rate (cores)", ("max_rate", "generator_cpu_cores"), "{:.2f}"),

@@ -309,12 +309,6 @@ def measure_floor(
             f"[floor] batch: {batch.transactions_per_s:.0f} tx/s, p99 {batch.p99_ms:.0f} ms per call",
             flush=True,
         )
-        # What-if: the same work with approximate tree attributions (see pipeline.approx_tree_contributions).
-        fast = InProcessScorer(scorer.bundle, scorer.rule_set, approx_reasons=True)
-        more = [make_transactions(factory, plan.batch_size) for _ in range(plan.batch_calls)]
-        with Meter(redis_pids) as approx_meter:
-            approx = run_floor(fast, store, more, plan.batch_s)
-        print(f"[floor] batch, approximate reasons: {approx.transactions_per_s:.0f} tx/s", flush=True)
     finally:
         store.close()
     one = _floor_row(single, single_meter)
@@ -324,5 +318,4 @@ def measure_floor(
         # One thread calling back to back: its rate is the most one core of scoring can do.
         "max_rate": {"rate": one["calls_per_s"], **one},
         "batch": _floor_row(batch, batch_meter),
-        "batch_approx_reasons": _floor_row(approx, approx_meter),
     }

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import xgboost as xgb
 
 from serve_app.breaker import CircuitBreaker
 from serve_app.bundle import ModelBundle, load_bundle
@@ -46,38 +45,23 @@ def load_serving_bundle(bundle_dir: Path | None = None) -> ModelBundle:
     )
 
 
-def approx_tree_contributions(bundle: ModelBundle, x: np.ndarray) -> np.ndarray:
-    """Saabas (path) attributions instead of exact TreeSHAP: the benchmark's what-if for reasons."""
-    booster = bundle.xgb.booster
-    matrix = xgb.DMatrix(x, feature_names=booster.feature_names, nthread=1)
-    return np.asarray(booster.predict(matrix, pred_contribs=True, approx_contribs=True))[:, :-1]
-
-
 class InProcessScorer:
-    """Scores transactions the way the graph does, with every stage a plain call in this process.
+    """Scores transactions the way the graph does, with every stage a plain call in this process."""
 
-    `approx_reasons=True` is not what the graph does: it measures what approximate tree attributions
-    would save (the benchmark reports both).
-    """
-
-    def __init__(self, bundle: ModelBundle, rule_set: RuleSet, approx_reasons: bool = False) -> None:
+    def __init__(self, bundle: ModelBundle, rule_set: RuleSet) -> None:
         self.bundle = bundle
         self.rule_set = rule_set
-        self.approx_reasons = approx_reasons
 
     def score_features(self, transactions: Sequence[Transaction], batch: FeatureBatch) -> list[ScoreResponse]:
         """Models, rules and scoring over a batch whose features are known (the CPU-bound part)."""
         bundle, x = self.bundle, batch.features
         lr = ModelOutput(bundle.version, bundle.lr.predict_proba(x), bundle.lr.contributions(x))
-        tree_contributions = (
-            approx_tree_contributions(bundle, x) if self.approx_reasons else bundle.xgb.contributions(x)
-        )
-        xgb_out = ModelOutput(bundle.version, bundle.xgb.predict_proba(x), tree_contributions)
+        xgb = ModelOutput(bundle.version, bundle.xgb.predict_proba(x), bundle.xgb.contributions(x))
         text = {name: [getattr(t, name) for t in transactions] for name in TEXT_FIELDS}
         outcomes = self.rule_set.evaluate(rule_context(x, batch.degraded, text))
         verdicts = RuleVerdicts(hits=[o.hits for o in outcomes], actions=[o.action for o in outcomes])
         ids = [t.transaction_id for t in transactions]
-        return score_batch(bundle, ids, x, batch.degraded, lr, xgb_out, verdicts)
+        return score_batch(bundle, ids, x, batch.degraded, lr, xgb, verdicts)
 
     def features_from_raw(
         self, transactions: Sequence[Transaction], raw: dict[str, np.ndarray] | None
