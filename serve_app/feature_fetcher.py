@@ -26,6 +26,7 @@ from serve_app.settings import get_settings
 logger = logging.getLogger(__name__)
 # Transactions per store deadline: about what Redis runs between two flushes of its replies.
 STORE_CHUNK = 64
+LABEL_TIMEOUT_S = 1.0
 FloatArray = npt.NDArray[np.float64]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -86,6 +87,9 @@ class FeatureFetcher:
         # The client retries a dropped or timed-out call once by itself; this deadline bounds both tries.
         self.deadline_s = 2 * timeout_s + 0.01
         self.store = OnlineFeatureStore(url, timeout_s=timeout_s)
+        # Labels get their own client with a patient socket: with appendfsync always a write waits for the
+        # fsync, and a 50 ms socket timeout would make the client resend it and report 'unchanged'.
+        self.label_store = OnlineFeatureStore(url, timeout_s=LABEL_TIMEOUT_S)
         self.breaker = CircuitBreaker(failure_threshold=breaker_failures, reset_after_s=breaker_reset_s)
         # Scored degraded, recorded later: an outage must not erase transactions from the velocity windows.
         self.pending = PendingWrites()
@@ -132,7 +136,7 @@ class FeatureFetcher:
         try:
             # Labels are rare and must not be lost: a longer deadline than scoring, and no breaker.
             statuses = await asyncio.wait_for(
-                self.store.apply_labels(events), timeout=max(1.0, self.deadline_s)
+                self.label_store.apply_labels(events), timeout=2 * LABEL_TIMEOUT_S
             )
         except (OnlineStoreError, TimeoutError) as exc:
             raise StoreUnavailableError(
