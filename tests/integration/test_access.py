@@ -114,7 +114,7 @@ def test_serve_http_and_embedded_redis_listen_on_localhost_only(
     assert listening_addresses(graph_redis.port) <= LOOPBACK
 
 
-def _call_keywords(source: Path, dotted: str) -> list[dict[str, Any]]:
+def _call_keywords(source: Path, dotted: str) -> list[dict[str | None, Any]]:
     """Literal keyword arguments of every call to `dotted` (e.g. 'ray.init') in a source file."""
     calls = []
     for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):

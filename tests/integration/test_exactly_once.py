@@ -152,9 +152,11 @@ async def post_all(
 
 
 def customer_history(graph: DeployedGraph, customer: str) -> list[tuple[str, float]]:
+    """The customer's history zset as (member, event time) pairs."""
     client = redis.Redis.from_url(graph.redis_url, decode_responses=True)
     try:
-        return client.zrange(KeySchema("fraud:").customer(customer), 0, -1, withscores=True)
+        rows: list[Any] = client.zrange(KeySchema("fraud:").customer(customer), 0, -1, withscores=True)
+        return [(str(member), float(score)) for member, score in rows]
     finally:
         client.close()
 

@@ -32,7 +32,7 @@ def payload() -> dict[str, object]:
 
 
 def test_a_flood_is_shed_with_503_and_retry_after(graph: DeployedGraph) -> None:
-    async def flood() -> list[httpx.Response | Exception]:
+    async def flood() -> list[httpx.Response | BaseException]:
         limits = httpx.Limits(max_connections=FLOOD, max_keepalive_connections=0)
         headers = {"X-API-Key": graph.api_key}
         async with httpx.AsyncClient(
