@@ -1,9 +1,12 @@
-"""`python -m loadtest.bench [--quick] --out bench.json`: graph, baseline and compute floor in one run.
+"""`python -m loadtest.bench [--quick] --out bench.json`: the Serve app, baseline and floor in one run.
 
-Each server runs alone while it is measured (the other is stopped), against the same Redis, the same bundle
-and the same load generator (loadtest.httpload, in this process). Per target: latency at one client, the
-highest open-loop rate whose p99 stays under the SLO, and batch-endpoint throughput (256 per call), with
-CPU and memory of the server's process tree. Only 127.0.0.1 targets; every loop is bounded.
+Targets: `serve` (serve_config.yaml as `make run` deploys it: the fused topology), `serve_graph`
+(configs/serve_graph.yaml: every stage its own deployment), `baseline` (one FastAPI process doing the same
+work) and `floor` (the same work called in-process, no HTTP). Each server runs alone while it is measured
+(the others are stopped), against the same Redis, the same bundle and the same load generator
+(loadtest.httpload, in this process). Per target: latency at one client, the highest open-loop rate whose
+p99 stays under the SLO, and batch-endpoint throughput (256 per call), with CPU and memory of the server's
+process tree. Only 127.0.0.1 targets; every loop is bounded.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ from serve_app.bundle import ModelBundle
 from serve_app.redis_server import EmbeddedRedis, free_port
 
 BENCH_KEY = "bench-key"  # a throw-away key for servers this run starts itself
+TARGETS = ("serve", "serve_graph", "baseline", "floor")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVE_CONFIGS = {
+    "serve": REPO_ROOT / "serve_config.yaml",
+    "serve_graph": REPO_ROOT / "configs" / "serve_graph.yaml",
+}
 
 
 def _run_async(coro: Any) -> Any:
@@ -102,13 +111,21 @@ def _get(result: dict[str, Any], *path: str) -> float | None:
 
 
 def summarize(targets: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    g, b, f = targets.get("graph", {}), targets.get("baseline", {}), targets.get("floor", {})
-    return {
-        "graph_over_baseline_max_rate": _ratio(_get(g, "max_rate", "rate"), _get(b, "max_rate", "rate")),
-        "graph_over_baseline_batch": _ratio(_get(g, "batch", "tx_per_s"), _get(b, "batch", "tx_per_s")),
-        "graph_batch_over_floor": _ratio(_get(g, "batch", "tx_per_s"), _get(f, "batch", "tx_per_s")),
-        "baseline_batch_over_floor": _ratio(_get(b, "batch", "tx_per_s"), _get(f, "batch", "tx_per_s")),
-    }
+    b, f = targets.get("baseline", {}), targets.get("floor", {})
+    ratios: dict[str, float | None] = {}
+    for name in ("serve", "serve_graph"):
+        t = targets.get(name, {})
+        ratios[f"{name}_over_baseline_max_rate"] = _ratio(
+            _get(t, "max_rate", "rate"), _get(b, "max_rate", "rate")
+        )
+        ratios[f"{name}_over_baseline_batch"] = _ratio(
+            _get(t, "batch", "tx_per_s"), _get(b, "batch", "tx_per_s")
+        )
+        ratios[f"{name}_batch_over_floor"] = _ratio(
+            _get(t, "batch", "tx_per_s"), _get(f, "batch", "tx_per_s")
+        )
+    ratios["baseline_batch_over_floor"] = _ratio(_get(b, "batch", "tx_per_s"), _get(f, "batch", "tx_per_s"))
+    return ratios
 
 
 def _cell(value: float | None, fmt: str = "{:.0f}") -> str:
@@ -116,7 +133,7 @@ def _cell(value: float | None, fmt: str = "{:.0f}") -> str:
 
 
 def table(targets: dict[str, dict[str, Any]], ratios: dict[str, float | None]) -> str:
-    names = [n for n in ("graph", "baseline", "floor") if n in targets]
+    names = [n for n in TARGETS if n in targets]
     rows = [
         ("max rate, p99 < SLO (req/s)", ("max_rate", "rate"), "{:.0f}"),
         ("  p50 / p99 at that rate (ms)", None, ""),
@@ -165,11 +182,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="a few seconds per step (CI smoke, development)")
     p.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON results")
-    p.add_argument("--graph-url", help="measure an already running graph instead of starting one")
+    p.add_argument(
+        "--graph-url", help="measure an already running Serve app (as `serve`) instead of starting one"
+    )
     p.add_argument("--redis-url", help="use this Redis instead of starting an embedded one")
     p.add_argument("--bundle-dir", type=Path, help="bundle for baseline and floor (default: the registry's)")
     p.add_argument("--api-key", help="X-API-Key for --graph-url (servers started here get their own)")
-    p.add_argument("--only", choices=("graph", "baseline", "floor"), action="append", help="repeatable")
+    p.add_argument("--only", choices=TARGETS, action="append", help="repeatable; default: all four")
     p.add_argument("--slo-p99-ms", type=float, default=100.0, help="p99 bound for the max-rate search")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds a server may take to start")
     return p.parse_args(argv)
@@ -184,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     plan = BenchPlan.quick(args.slo_p99_ms) if args.quick else BenchPlan.full(args.slo_p99_ms)
-    only = set(args.only or ("graph", "baseline", "floor"))
+    only = set(args.only or TARGETS)
     bundle = _load_bundle(args.bundle_dir) if only & {"floor", "baseline"} else None
     if bundle is None and only & {"floor", "baseline"}:
         return 2
@@ -211,18 +230,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 targets["baseline"] = _measure_server(
                     "baseline", server, server.base_url, plan, BENCH_KEY, args.ready_timeout
                 )
-            if "graph" in only:
-                if args.graph_url:
+            for name, config_path in SERVE_CONFIGS.items():
+                if name not in only:
+                    continue
+                if args.graph_url and name == "serve":
                     key = args.api_key or BENCH_KEY
-                    targets["graph"] = _measure_server("graph", None, args.graph_url, plan, key, 0)
-                else:
-                    port = free_port()
-                    server = graph_server(port, redis_url, work, BENCH_KEY)
-                    targets["graph"] = _measure_server(
-                        "graph", server, server.base_url, plan, BENCH_KEY, args.ready_timeout
-                    )
-                    if "error" in targets["graph"]:
-                        targets["graph"]["log_tail"] = _tail(work / "graph.log")
+                    targets[name] = _measure_server(name, None, args.graph_url, plan, key, 0)
+                    continue
+                server = graph_server(free_port(), redis_url, work, BENCH_KEY, config_path, name)
+                targets[name] = _measure_server(
+                    name, server, server.base_url, plan, BENCH_KEY, args.ready_timeout
+                )
+                if "error" in targets[name]:
+                    targets[name]["log_tail"] = _tail(work / f"{name}.log")
         finally:
             if redis is not None:
                 redis.stop()

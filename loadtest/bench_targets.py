@@ -119,20 +119,27 @@ def baseline_server(
     )
 
 
-def graph_server(port: int, redis_url: str, work_dir: Path, api_key: str) -> ServerProcess:
-    """The product's own start-up (`python -m serve_app.run`) with serve_config.yaml as shipped, except
-    for the HTTP port (a free one) and the dashboard port; the bench's Redis; never trains."""
-    raw = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text(encoding="utf-8"))
+def graph_server(
+    port: int,
+    redis_url: str,
+    work_dir: Path,
+    api_key: str,
+    config_path: Path = REPO_ROOT / "serve_config.yaml",
+    name: str = "serve",
+) -> ServerProcess:
+    """The product's own start-up (`python -m serve_app.run`) with a Serve config as shipped, except for
+    the HTTP port (a free one) and the dashboard port; the bench's Redis; never trains."""
+    raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     raw["http_options"]["host"], raw["http_options"]["port"] = "127.0.0.1", port
-    config = work_dir / "serve_config.yaml"
+    config = work_dir / f"{name}.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     command = [sys.executable, "-m", "serve_app.run", "--config", str(config), "--no-train"]
     command += ["--dashboard-port", str(free_port())]
     return ServerProcess(
-        name="graph",
+        name=name,
         command=command,
         base_url=f"http://127.0.0.1:{port}",
-        log_path=work_dir / "graph.log",
+        log_path=work_dir / f"{name}.log",
         env={"FRAUD_API_KEYS": api_key, "FRAUD_REDIS_URL": redis_url, **private_serve_ports()},
     )
 

@@ -20,6 +20,8 @@ import yaml
 from serve_app.redis_server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVE_CONFIG = REPO_ROOT / "serve_config.yaml"  # the fused topology, what `make run` deploys
+GRAPH_CONFIG = REPO_ROOT / "configs" / "serve_graph.yaml"  # the graph topology, for clusters
 APP_NAME = "fraud"
 SERVE_NAMESPACE = "serve"
 
@@ -65,12 +67,14 @@ def graph_config(
     env: Mapping[str, str],
     args: Mapping[str, Any] | None = None,
     deployments: Mapping[str, Mapping[str, Any]] | None = None,
+    config_path: Path = SERVE_CONFIG,
 ) -> Any:
-    """serve_config.yaml as shipped, with the given Redis, bundle directory, replica environment and
-    per-deployment overrides; on a free port (an already running Serve keeps its own)."""
+    """A Serve config as shipped (serve_config.yaml, or configs/serve_graph.yaml), with the given Redis,
+    bundle directory, replica environment and per-deployment overrides; on a free port (an already
+    running Serve keeps its own)."""
     from ray.serve.schema import ServeDeploySchema
 
-    raw = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text(encoding="utf-8"))
+    raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     raw["http_options"]["port"] = free_port()
     (app,) = raw["applications"]
     app["args"].update({"redis_url": redis_url, "bundle_dir": str(bundle_dir), **(args or {})})
@@ -105,6 +109,7 @@ def prepare_graph(
     data_dir: Path,
     args: Mapping[str, Any] | None = None,
     deployments: Mapping[str, Mapping[str, Any]] | None = None,
+    config_path: Path = SERVE_CONFIG,
 ) -> GraphSpec:
     """Fresh random keys in owner-only files whose *paths* reach the replicas through their runtime_env:
     Ray logs a runtime_env verbatim (runtime_env_agent.log), so the keys themselves must not travel in it."""
@@ -117,7 +122,7 @@ def prepare_graph(
         "FRAUD_REDIS_URL": redis_url,
         "FRAUD_DATA_DIR": str(data_dir),
     }
-    config = graph_config(redis_url, bundle_dir, env, args, deployments)
+    config = graph_config(redis_url, bundle_dir, env, args, deployments, config_path)
     return GraphSpec(config, api_key, admin_key, redis_url)
 
 
@@ -137,11 +142,12 @@ def deployed_graph(
     data_dir: Path,
     args: Mapping[str, Any] | None = None,
     deployments: Mapping[str, Mapping[str, Any]] | None = None,
+    config_path: Path = SERVE_CONFIG,
 ) -> Iterator[DeployedGraph]:
     """Deploy a graph, yield it, delete it."""
     from ray import serve
 
-    running = deploy_graph(prepare_graph(redis_url, bundle_dir, data_dir, args, deployments))
+    running = deploy_graph(prepare_graph(redis_url, bundle_dir, data_dir, args, deployments, config_path))
     try:
         yield running
     finally:

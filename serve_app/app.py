@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application, Deployment
@@ -19,6 +19,7 @@ from serve_app.models import (
 )
 from serve_app.rules import RuleEngine, RuleSet
 from serve_app.schemas import ID_PATTERN
+from serve_app.stages import FusedSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +49,11 @@ class AppArgs(BaseModel):
     request_deadline_s: float = Field(
         2.0, gt=0.0, le=60.0, description="Past this a score request answers 504 (batches get more per 100)"
     )
+    topology: Literal["graph", "fused"] = Field(
+        "graph",
+        description="graph: every stage its own deployment, scaled on its own (a cluster); fused: each "
+        "ingress replica runs the stages in-process (one small machine, where hops cost more than the work)",
+    )
 
 
 def resolve_rules_path(rules_path: str) -> Path:
@@ -66,7 +72,8 @@ def _deployment(target: object) -> Deployment:
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Bind Ingress(FeatureFetcher, LogisticRegressionModel, XGBoostModel, RuleEngine).
+    """Bind Ingress(FeatureFetcher, LogisticRegressionModel, XGBoostModel, RuleEngine), or, fused, an
+    Ingress that holds the four stages itself (serve_app.stages).
 
     The rule file is validated here, so a bad file fails the deploy with the rule and field named, and is
     handed to the RuleEngine as its user_config; a `user_config` for RuleEngine in serve_config.yaml
@@ -79,6 +86,25 @@ def build_app(args: dict[str, Any]) -> Application:
         if config.bundle_dir
         else RegistryLoader(config.model_name, config.tracking_uri, config.model_cache_dir)
     )
+    if config.topology == "fused":
+        spec = FusedSpec(
+            config.redis_url,
+            config.store_timeout_s,
+            config.breaker_failures,
+            config.breaker_reset_s,
+            rules.to_config(),
+        )
+        return _deployment(Ingress).bind(
+            None,
+            None,
+            None,
+            None,
+            loader,
+            config.model_alias,
+            config.max_body_bytes,
+            config.request_deadline_s,
+            spec,
+        )
     fetcher = _deployment(FeatureFetcher).bind(
         config.redis_url, config.store_timeout_s, config.breaker_failures, config.breaker_reset_s
     )

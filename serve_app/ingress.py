@@ -15,9 +15,9 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app import metrics
-from serve_app.admin import ReloadResponse, admin_router, reload_graph, reload_models
+from serve_app.admin import ReloadResponse, admin_router, reload_graph
 from serve_app.bundle import ModelBundle
-from serve_app.feature_fetcher import FeatureBatch, StoreUnavailableError
+from serve_app.feature_fetcher import StoreUnavailableError
 from serve_app.http_api import API_KEY_HEADER, GuardMiddleware, StrictJSONRoute, install_error_handlers
 from serve_app.log_redaction import install_record_redaction
 from serve_app.models import DEFAULT_POLL_INTERVAL_S, BundleLoader, replica_name
@@ -28,7 +28,7 @@ from serve_app.reloader import (
     VersionUnavailableError,
     run_pinned,
 )
-from serve_app.rules import TEXT_FIELDS, RuleOutcome
+from serve_app.rules import TEXT_FIELDS
 from serve_app.schemas import (
     MAX_BATCH,
     BatchFeedbackRequest,
@@ -41,6 +41,7 @@ from serve_app.schemas import (
 )
 from serve_app.scoring import RuleVerdicts, VersionMismatchError, score_batch
 from serve_app.settings import get_settings
+from serve_app.stages import FusedSpec, LocalStages, RemoteStages
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +64,9 @@ class IngressUserConfig(BaseModel):
     batch_wait_timeout_s: float = Field(0.002, ge=0.0, le=1.0)
     model_poll_interval_s: float = Field(
         DEFAULT_POLL_INTERVAL_S, ge=0.0, le=86_400.0, description="Check the model alias this often; 0: never"
+    )
+    rules: list[dict[str, Any]] | None = Field(
+        None, description="Fused topology only: replaces the rule document (as RuleEngine's user_config)"
     )
 
 
@@ -91,26 +95,39 @@ class Ingress:
 
     def __init__(
         self,
-        fetcher: DeploymentHandle,
-        lr_model: DeploymentHandle,
-        xgb_model: DeploymentHandle,
-        rule_engine: DeploymentHandle,
+        fetcher: DeploymentHandle | None,
+        lr_model: DeploymentHandle | None,
+        xgb_model: DeploymentHandle | None,
+        rule_engine: DeploymentHandle | None,
         loader: BundleLoader,
         model_alias: str,
         max_body_bytes: int,
         request_deadline_s: float = 2.0,
+        fused: FusedSpec | None = None,
     ) -> None:
-        self.fetcher = fetcher
-        self.lr_model = lr_model
-        self.xgb_model = xgb_model
-        self.rule_engine = rule_engine
+        """Graph topology: the four stage handles. Fused: no handles, `fused` says how to build the stages."""
+        self.stages: RemoteStages | LocalStages
+        if fused is not None:
+            self.stages = LocalStages(fused)
+        elif fetcher and lr_model and xgb_model and rule_engine:
+            self.stages = RemoteStages(fetcher, lr_model, xgb_model, rule_engine)
+        else:
+            raise ValueError("Ingress needs either all four stage handles or a FusedSpec")
         self.loader = loader
         self.model_alias = model_alias
         self.max_body_bytes = max_body_bytes
         self.request_deadline_s = request_deadline_s
         # The ensemble data (weights, calibration, thresholds, fill values) of the version each batch is
         # pinned to; the models are asked for exactly that version (see run_pinned).
-        self.reloader = ModelReloader(loader, model_alias, name=replica_name("Ingress"))
+        self.reloader = ModelReloader(
+            loader,
+            model_alias,
+            name=replica_name("Ingress"),
+            # Fused, the ingress is the model server: its swaps are what the model-version gauge reports.
+            on_swap=metrics.set_model_version if fused is not None else None,
+        )
+        if fused is not None:
+            metrics.set_model_version(self.reloader.bundle.version)
         self.poller = AliasPoller(self._follow_alias, self.reloader.name)
         # Keys come from this replica's environment (runtime_env), never from args that Serve displays.
         settings = get_settings()
@@ -122,6 +139,10 @@ class Ingress:
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = IngressUserConfig.model_validate(user_config)
+        if config.rules is not None:
+            if not isinstance(self.stages, LocalStages):
+                raise ValueError("rules go in the RuleEngine's user_config in the graph topology")
+            self.stages.set_rules({"rules": config.rules})
         self.poller.set_interval(config.model_poll_interval_s)  # async: the poller runs on this loop
         self._score_batched.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined]
         self._score_batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[attr-defined]
@@ -137,7 +158,7 @@ class Ingress:
         switches after, so batches pinned to the new version find it already held."""
         if await asyncio.to_thread(self.reloader.pending_version) is None:
             return
-        await reload_models({"LogisticRegressionModel": self.lr_model, "XGBoostModel": self.xgb_model})
+        await self.stages.reload_models()
         await asyncio.to_thread(self.reloader.refresh)
 
     async def reload_bundle(self) -> RefreshOutcome:
@@ -148,7 +169,7 @@ class Ingress:
         """POST /v1/admin/reload: every model and ingress replica re-resolves the alias now."""
         context = serve.get_replica_context()
         return await reload_graph(
-            {"LogisticRegressionModel": self.lr_model, "XGBoostModel": self.xgb_model},
+            self.stages.model_handles(),
             (context.deployment, serve.get_deployment_handle(context.deployment, context.app_name)),
             lambda: self.reloader.bundle.version,
         )
@@ -193,14 +214,12 @@ class Ingress:
         No mixing: the models answer with exactly `bundle.version` or raise VersionUnavailableError (they
         keep recent versions and load a missing one by version), and score_batch checks it once more.
         """
-        batch: FeatureBatch = await self.fetcher.fetch.remote(transactions, bundle.history_fill)
+        batch = await self.stages.fetch(transactions, bundle.history_fill)
         text = {name: [getattr(t, name) for t in transactions] for name in TEXT_FIELDS}
-        rules_call = self.rule_engine.evaluate.remote(batch.features, batch.degraded, text)
-        lr, xgb = await asyncio.gather(
-            self.lr_model.predict.remote(batch.features, bundle.version),
-            self.xgb_model.predict.remote(batch.features, bundle.version),
+        (lr, xgb), outcomes = await asyncio.gather(
+            self.stages.predict(batch.features, bundle),
+            self.stages.evaluate(batch.features, batch.degraded, text),
         )
-        outcomes: list[RuleOutcome] = await rules_call
         verdicts = RuleVerdicts(hits=[o.hits for o in outcomes], actions=[o.action for o in outcomes])
         try:
             responses = score_batch(
@@ -225,7 +244,7 @@ class Ingress:
 
     async def feedback(self, labels: list[Feedback]) -> list[str]:
         try:
-            statuses: list[str] = await self.fetcher.apply_labels.remote(labels)
+            statuses = await self.stages.apply_labels(labels)
         except StoreUnavailableError as exc:
             raise HTTPException(503, detail=str(exc), headers=RETRY_AFTER) from None
         except (RayActorError, BackPressureError, DeploymentUnavailableError) as exc:
@@ -238,18 +257,11 @@ class Ingress:
         store: Literal["ok", "unreachable", "unknown"] = "unknown"
         models: Literal["ok", "unavailable", "version_split"] = "unavailable"
         try:
-            store_ok, lr_held, xgb_held = await asyncio.wait_for(
-                asyncio.gather(
-                    self.fetcher.ping.remote(),
-                    self.lr_model.held_versions.remote(),
-                    self.xgb_model.held_versions.remote(),
-                ),
-                timeout=READY_TIMEOUT_S,
+            store_ok, models_ok = await asyncio.wait_for(
+                self.stages.probe(self.reloader.bundle.version), timeout=READY_TIMEOUT_S
             )
             store = "ok" if store_ok else "unreachable"
-            # Mid-reload the models may already serve a newer version: ready while they hold ours too.
-            pinned = self.reloader.bundle.version
-            models = "ok" if pinned in lr_held and pinned in xgb_held else "version_split"
+            models = "ok" if models_ok else "version_split"
         except Exception as exc:  # a replica down or slow is exactly what readiness reports
             logger.warning("readiness check failed: %s", type(exc).__name__)
         ready = store == "ok" and models == "ok"

@@ -192,7 +192,9 @@ def test_ray_head_trains_when_no_champion_and_deploys_the_serve_config(
     train = command.index("python -m train")
     deploy = command.index("serve deploy")
     assert check < train < deploy
-    assert "serve_config.yaml" in command
+    (config,) = re.findall(r"open\('([\w/.]+\.yaml)'\)\)", command)
+    assert config == "configs/serve_graph.yaml"
+    assert (ROOT / config).is_file()
     for module in re.findall(r"python -m ([\w.]+)", command):
         path = ROOT / module.replace(".", "/")
         assert (path / "__main__.py").exists() or path.with_suffix(".py").exists(), f"no module {module}"

@@ -1,4 +1,4 @@
-"""Structural checks of the KubeRay RayService manifest against serve_config.yaml, Settings and Ray."""
+"""Structural checks of the KubeRay RayService manifest against configs/serve_graph.yaml, Settings and Ray."""
 
 from __future__ import annotations
 
@@ -54,11 +54,11 @@ def test_it_is_a_rayservice_for_the_installed_ray(manifest: dict[str, Any]) -> N
     assert manifest["spec"]["rayClusterConfig"]["rayVersion"] == ray.__version__
 
 
-def test_serve_config_is_valid_and_its_applications_equal_serve_config_yaml(
+def test_serve_config_is_valid_and_its_applications_equal_the_graph_config(
     serve_config: dict[str, Any],
 ) -> None:
     ServeDeploySchema.model_validate(serve_config)
-    repo_config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    repo_config = yaml.safe_load((ROOT / "configs" / "serve_graph.yaml").read_text())
     assert serve_config["applications"] == repo_config["applications"]
     # Inside a pod the proxy must listen beyond loopback; the Kubernetes Service decides the exposure.
     assert serve_config["http_options"]["host"] == "0.0.0.0"
