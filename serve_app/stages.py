@@ -133,6 +133,13 @@ def plain_class(deployment: type[T]) -> type[T]:
     return cast(type[T], getattr(deployment, "func_or_class", deployment))
 
 
+def predict_both(features: FloatArray, bundle: ModelBundle) -> tuple[ModelOutput, ModelOutput]:
+    """Both models of one bundle over a batch: probabilities and per-feature contributions."""
+    lr = ModelOutput(bundle.version, bundle.lr.predict_proba(features), bundle.lr.contributions(features))
+    xgb = ModelOutput(bundle.version, bundle.xgb.predict_proba(features), bundle.xgb.contributions(features))
+    return lr, xgb
+
+
 class LocalStages:
     """The `fused` topology: the stage classes called in the ingress replica, no hop, same code.
 
@@ -155,15 +162,12 @@ class LocalStages:
         return await self.fetcher.fetch(transactions, history_fill)
 
     async def predict(self, features: FloatArray, bundle: ModelBundle) -> tuple[ModelOutput, ModelOutput]:
-        # Inline on the event loop, as the baseline does: XGBoost over a request-sized batch takes about a
-        # millisecond, less than a thread hand-off would cost on two cores.
+        # In a worker thread: XGBoost releases the GIL, so the event loop keeps parsing requests and reading
+        # Redis replies meanwhile (a 1000-row batch would otherwise stall every store deadline on the
+        # replica), and a stuck predict still lets the request deadline answer 504.
         for deployment in ("LogisticRegressionModel", "XGBoostModel"):
             metrics.observe_batch_size(deployment, features.shape[0])
-        lr = ModelOutput(bundle.version, bundle.lr.predict_proba(features), bundle.lr.contributions(features))
-        xgb = ModelOutput(
-            bundle.version, bundle.xgb.predict_proba(features), bundle.xgb.contributions(features)
-        )
-        return lr, xgb
+        return await asyncio.to_thread(predict_both, features, bundle)
 
     async def evaluate(
         self, features: FloatArray, degraded: npt.NDArray[np.bool_], text: Text

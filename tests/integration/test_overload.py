@@ -9,12 +9,14 @@ import signal
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
 
-from loadtest.chaos_stack import DeployedGraph, replica_pids, wait_until_healthy
+from loadtest.chaos_stack import GRAPH_CONFIG, DeployedGraph, deployed_graph, replica_pids, wait_until_healthy
 from serve_app.app import AppArgs
+from serve_app.redis_server import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
 
@@ -57,9 +59,17 @@ def test_a_flood_is_shed_with_503_and_retry_after(graph: DeployedGraph) -> None:
     assert any(r.status_code == 200 for r in responses)
 
 
-def test_a_stuck_model_gives_a_504_within_the_deadline_not_a_hang(graph: DeployedGraph) -> None:
+def test_a_stuck_model_gives_a_504_within_the_deadline_not_a_hang(
+    graph_redis: EmbeddedRedis, small_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """On the graph topology, where the model is a process of its own that can freeze (fused, a stuck
+    predict runs in a worker thread and the same deadline answers; nothing can SIGSTOP a thread)."""
     deadline_s = AppArgs().request_deadline_s
-    with graph.client() as client:
+    data_dir = tmp_path_factory.mktemp("stuck-graph")
+    with (
+        deployed_graph(graph_redis.url, small_bundle_dir, data_dir, config_path=GRAPH_CONFIG) as graph,
+        graph.client() as client,
+    ):
         assert client.post("/v1/score", json=payload()).status_code == 200  # warm: replicas are up
         frozen = replica_pids("XGBoostModel")
         assert frozen, "no XGBoostModel replica process found on this Ray node"
@@ -72,7 +82,7 @@ def test_a_stuck_model_gives_a_504_within_the_deadline_not_a_hang(graph: Deploye
         finally:
             for pid in frozen:
                 os.kill(pid, signal.SIGCONT)
+        wait_until_healthy(timeout_s=120)
     assert response.status_code == 504, response.text
     assert "resend" in response.json()["detail"]
     assert waited < deadline_s + 3.0, f"answered after {waited:.1f} s"
-    wait_until_healthy(timeout_s=120)

@@ -27,7 +27,8 @@ def _stream(run: str) -> list[dict[str, Any]]:
                 "timestamp": f"2026-02-03T{8 + i // 6:02d}:{(i * 7) % 60:02d}:00Z",
                 "customer_id": f"{run}-cust-{i % CUSTOMERS}",
                 "merchant_id": f"merch-{i % 4:04d}",
-                "amount": round(12.5 + 97.3 * (i % 9) + (4_500.0 if i % 17 == 16 else 0.0), 2),
+                # Every 17th a very large amount: the large_amount rule fires and overrides the models.
+                "amount": round(12.5 + 97.3 * (i % 9) + (12_000.0 if i % 17 == 16 else 0.0), 2),
                 "currency": "EUR",
                 "merchant_category": ("grocery", "electronics", "travel")[i % 3],
                 "channel": ("pos", "online")[i % 2],
