@@ -23,6 +23,16 @@ from loadtest.httpload import LOCAL_HOSTS, percentile
 
 STATUS_NO_ANSWER = 0  # timeout, refused or reset connection: no HTTP status at all
 RETRYABLE = frozenset({STATUS_NO_ANSWER, 500, 502, 503, 504})
+RETRY_PAUSE_S = 0.2  # without a Retry-After header
+MAX_RETRY_PAUSE_S = 1.0
+
+
+def retry_pause_s(retry_after: str | None) -> float:
+    """How long a client waits before its one retry: the server's Retry-After (seconds), capped."""
+    try:
+        return min(MAX_RETRY_PAUSE_S, max(0.0, float(retry_after))) if retry_after else RETRY_PAUSE_S
+    except ValueError:  # an HTTP-date or garbage: the default pause
+        return RETRY_PAUSE_S
 
 
 @dataclass(frozen=True)
@@ -37,10 +47,22 @@ class Outcome:
     retry_after: str | None
     attempts: int
     first_status: int
+    sent_s: float = math.nan  # when the first attempt actually left (later than intended if we lagged)
 
     @property
     def latency_ms(self) -> float:
+        """What the payment saw: from when it was due, so a late send counts (no coordinated omission)."""
         return (self.done_s - self.intended_s) * 1000.0
+
+    @property
+    def server_ms(self) -> float:
+        """From the actual send: the service's own time, without the generator's lag."""
+        return (self.done_s - self.sent_s) * 1000.0
+
+    @property
+    def lag_ms(self) -> float:
+        """How late the generator sent it: on two shared cores it competes with the server for CPU."""
+        return (self.sent_s - self.intended_s) * 1000.0
 
 
 @dataclass(frozen=True)
@@ -65,8 +87,10 @@ class Run:
         return [o for o in self.outcomes if start_s <= o.intended_s < end_s]
 
 
-def p99_ms(outcomes: Sequence[Outcome], status: int = 200) -> float:
-    return percentile([o.latency_ms / 1000.0 for o in outcomes if o.status == status], 99) * 1000.0
+def p99_ms(outcomes: Sequence[Outcome], status: int = 200, measure: str = "latency_ms") -> float:
+    """p99 of `measure` (latency_ms, server_ms or lag_ms) over the outcomes with `status`."""
+    values = [getattr(o, measure) / 1000.0 for o in outcomes if o.status == status]
+    return percentile(values, 99) * 1000.0
 
 
 def share(outcomes: Sequence[Outcome], predicate: Callable[[Outcome], bool]) -> float:
@@ -165,8 +189,9 @@ async def open_loop(
 ) -> Run:
     """`rate` requests/s for `duration_s`, latency from the *intended* send time (no coordinated omission).
 
-    With `retry_once`, a request that got no answer or a retryable status is sent once more, at once, with
-    the same body (scoring is idempotent by transaction_id) - what a well-behaved payment client does.
+    With `retry_once`, a request that got no answer or a retryable status is sent once more, after
+    `retry_pause_s`, with the same body (scoring is idempotent by transaction_id) - what a well-behaved
+    payment client does.
     """
     parts = urlsplit(base_url)
     if parts.hostname not in LOCAL_HOSTS or parts.port is None:
@@ -186,9 +211,13 @@ async def open_loop(
             delay = t0 + intended - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            sent = time.perf_counter() - t0
             status, headers, payload = await client.post(path, bodies[i])
             first, attempts = status, 1
             if retry_once and status in RETRYABLE:
+                # As a payment client does: after Retry-After (capped), else a short pause, so the retry
+                # is not answered by the same dying replica the first attempt met.
+                await asyncio.sleep(retry_pause_s(headers.get("retry-after")))
                 status, headers, payload = await client.post(path, bodies[i])
                 attempts = 2
             done = time.perf_counter() - t0
@@ -202,6 +231,7 @@ async def open_loop(
                     headers.get("retry-after"),
                     attempts,
                     first,
+                    sent,
                 )
             )
 

@@ -228,7 +228,13 @@ def overload(target: ChaosTarget, sustainable: float, factor: float, seconds: fl
             round(share(shed, lambda o: o.retry_after is not None), 1),
             "%",
         ),
-        ("p99 latency of accepted requests", round(p99_ms(run.outcomes), 1), "ms"),
+        ("p99 latency of accepted requests", round(p99_ms(run.outcomes), 1), "ms, from when due"),
+        (
+            "  of which the server's own",
+            round(p99_ms(run.outcomes, measure="server_ms"), 1),
+            "ms, from the actual send",
+        ),
+        ("  generator lag p99 (sent late)", round(p99_ms(run.outcomes, measure="lag_ms"), 1), "ms"),
         ("other 5xx", sum(1 for o in run.outcomes if o.status >= 500 and o.status != 503), "requests"),
         (
             "no answer within 10 s",

@@ -1,0 +1,42 @@
+"""The chaos client's retry pause and the three latencies it reports per request."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtest.chaos_load import MAX_RETRY_PAUSE_S, RETRY_PAUSE_S, Outcome, p99_ms, retry_pause_s
+
+
+@pytest.mark.parametrize(
+    ("header", "pause"),
+    [
+        (None, RETRY_PAUSE_S),
+        ("", RETRY_PAUSE_S),
+        ("0.5", 0.5),
+        ("1", 1.0),
+        ("30", MAX_RETRY_PAUSE_S),
+        ("-3", 0.0),
+        ("Wed, 21 Oct 2026 07:28:00 GMT", RETRY_PAUSE_S),
+    ],
+)
+def test_the_retry_waits_for_retry_after_capped_or_a_short_default(header: str | None, pause: float) -> None:
+    assert retry_pause_s(header) == pause
+
+
+def _outcome(intended: float, sent: float, done: float, status: int = 200) -> Outcome:
+    return Outcome(0, intended, done, status, False, None, 1, status, sent)
+
+
+def test_latency_from_due_time_splits_into_generator_lag_and_server_time() -> None:
+    o = _outcome(intended=1.0, sent=1.25, done=1.30)
+    assert o.latency_ms == pytest.approx(300.0)
+    assert o.lag_ms == pytest.approx(250.0)
+    assert o.server_ms == pytest.approx(50.0)
+
+
+def test_p99_counts_only_the_asked_status_and_measure() -> None:
+    outcomes = [_outcome(0.0, 0.0, 0.010 * (i + 1)) for i in range(100)]
+    outcomes.append(_outcome(0.0, 0.9, 1.0, status=503))
+    assert p99_ms(outcomes) == pytest.approx(990.0, rel=0.02)
+    assert p99_ms(outcomes, status=503, measure="server_ms") == pytest.approx(100.0)
+    assert p99_ms(outcomes, status=503, measure="lag_ms") == pytest.approx(900.0)
