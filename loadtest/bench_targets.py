@@ -126,6 +126,7 @@ def graph_server(
     api_key: str,
     config_path: Path = REPO_ROOT / "serve_config.yaml",
     name: str = "serve",
+    dashboard: bool = True,
 ) -> ServerProcess:
     """The product's own start-up (`python -m serve_app.run`) with a Serve config as shipped, except for
     the HTTP port (a free one) and the dashboard port; the bench's Redis; never trains."""
@@ -135,6 +136,8 @@ def graph_server(
     config.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     command = [sys.executable, "-m", "serve_app.run", "--config", str(config), "--no-train"]
     command += ["--dashboard-port", str(free_port())]
+    if not dashboard:
+        command.append("--no-dashboard")
     return ServerProcess(
         name=name,
         command=command,

@@ -80,6 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-warm", action="store_true", help="do not load the default history into an empty embedded store"
     )
     parser.add_argument("--dashboard-port", type=int, default=8265, help="Ray dashboard port on 127.0.0.1")
+    parser.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="no Ray dashboard (its processes hold ~0.6 GB; metrics still export for Prometheus)",
+    )
     parser.add_argument("--num-cpus", type=float, default=None, help="CPUs Ray may use (default: all)")
     return parser.parse_args(argv)
 
@@ -351,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         context = ray.init(
             address="local",  # always a fresh local cluster; its GCS takes a free port, never 6379
             num_cpus=args.num_cpus,
-            include_dashboard=True,
+            include_dashboard=not args.no_dashboard,
             dashboard_host="127.0.0.1",
             dashboard_port=args.dashboard_port,
             runtime_env={"env_vars": worker_env},
@@ -362,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         port = deploy(config)
         finish_warming(running)
         dashboard = context.dashboard_url or f"127.0.0.1:{args.dashboard_port}"
-        print(banner(config, port, f"http://{dashboard}", tracking_uri, generated_key), flush=True)
+        dashboard_url = "off (--no-dashboard)" if args.no_dashboard else f"http://{dashboard}"
+        print(banner(config, port, dashboard_url, tracking_uri, generated_key), flush=True)
         while True:
             time.sleep(3600)
     except StopRequested:
