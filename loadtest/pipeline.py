@@ -26,8 +26,9 @@ from serve_app.features.online import (
 )
 from serve_app.rules import TEXT_FIELDS, RuleSet, rule_context
 from serve_app.schemas import ScoreResponse, Transaction
-from serve_app.scoring import ModelOutput, RuleVerdicts, score_batch
+from serve_app.scoring import RuleVerdicts, score_batch
 from serve_app.settings import get_settings
+from serve_app.stages import predict_both
 
 logger = logging.getLogger(__name__)
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "configs" / "rules.yaml"
@@ -55,8 +56,7 @@ class InProcessScorer:
     def score_features(self, transactions: Sequence[Transaction], batch: FeatureBatch) -> list[ScoreResponse]:
         """Models, rules and scoring over a batch whose features are known (the CPU-bound part)."""
         bundle, x = self.bundle, batch.features
-        lr = ModelOutput(bundle.version, bundle.lr.predict_proba(x), bundle.lr.contributions(x))
-        xgb = ModelOutput(bundle.version, bundle.xgb.predict_proba(x), bundle.xgb.contributions(x))
+        lr, xgb = predict_both(x, bundle)
         text = {name: [getattr(t, name) for t in transactions] for name in TEXT_FIELDS}
         outcomes = self.rule_set.evaluate(rule_context(x, batch.degraded, text))
         verdicts = RuleVerdicts(hits=[o.hits for o in outcomes], actions=[o.action for o in outcomes])
