@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-dashboard",
         action="store_true",
-        help="no Ray dashboard (its processes hold ~0.6 GB; metrics still export for Prometheus)",
+        help="no Ray dashboard (its processes hold ~1 GB on this machine)",
     )
     parser.add_argument("--num-cpus", type=float, default=None, help="CPUs Ray may use (default: all)")
     return parser.parse_args(argv)
