@@ -80,9 +80,11 @@ class FeatureFetcher:
         breaker_failures: int = 3,
         breaker_reset_s: float = 2.0,
     ) -> None:
-        url = redis_url or get_settings().redis_url
+        url = redis_url or get_settings().store_url()
         if not url:
-            raise ValueError("FeatureFetcher needs a Redis URL: set FRAUD_REDIS_URL or pass redis_url")
+            raise ValueError(
+                "FeatureFetcher needs a Redis URL: FRAUD_REDIS_URL, FRAUD_REDIS_URL_FILE or redis_url"
+            )
         self.timeout_s = timeout_s
         # The client retries a dropped or timed-out call once by itself; this deadline bounds both tries.
         self.deadline_s = 2 * timeout_s + 0.01

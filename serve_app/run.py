@@ -193,12 +193,14 @@ def finish_warming(running: Running) -> None:
 
 
 def write_key_files(settings: Settings, directory: Path) -> dict[str, str]:
-    """API and admin keys in files only this user can read; returns the FRAUD_*_FILE variables to pass."""
+    """API keys, admin keys and the Redis URL in files only this user can read; returns the FRAUD_*_FILE
+    variables to pass to the replicas instead of the values."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     variables: dict[str, str] = {}
     for variable, keys in (
         ("FRAUD_API_KEYS_FILE", settings.api_key_list()),
         ("FRAUD_ADMIN_KEYS_FILE", settings.admin_key_list()),
+        ("FRAUD_REDIS_URL_FILE", [settings.store_url() or ""]),
     ):
         path = directory / variable.removeprefix("FRAUD_").removesuffix("_FILE").lower()
         path.unlink(missing_ok=True)
@@ -347,11 +349,9 @@ def main(argv: list[str] | None = None) -> int:
 
         import ray  # after the environment above is final
 
-        worker_env = {
-            name: os.environ[name] for name in ("FRAUD_REDIS_URL", "MLFLOW_TRACKING_URI", "FRAUD_DATA_DIR")
-        }
+        worker_env = {name: os.environ[name] for name in ("MLFLOW_TRACKING_URI", "FRAUD_DATA_DIR")}
         # Ray logs a runtime_env verbatim (runtime_env_agent.log) and shows it in the dashboard, so the keys
-        # travel as paths to owner-only files, never as values.
+        # and the Redis URL (which may carry a password) travel as paths to owner-only files, never as values.
         worker_env.update(write_key_files(get_settings(), data_dir / "secrets"))
         context = ray.init(
             address="local",  # always a fresh local cluster; its GCS takes a free port, never 6379

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     # and shows it in the dashboard, so a key handed over that way leaks; a path does not.
     api_keys_file: Path | None = Field(None, description="File of API keys, comma- or line-separated")
     admin_keys_file: Path | None = Field(None, description="File of admin keys, comma- or line-separated")
+    redis_url_file: Path | None = Field(
+        None, description="File holding the Redis URL (it may carry a password); FRAUD_REDIS_URL wins"
+    )
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     label_delay_days: float = Field(2.0, ge=0, description="Days until a fraud label is known offline")
@@ -39,6 +42,14 @@ class Settings(BaseSettings):
     @property
     def artifact_root(self) -> str:
         return str((self.data_dir / "mlartifacts").resolve())
+
+    def store_url(self) -> str | None:
+        """FRAUD_REDIS_URL, else the URL in FRAUD_REDIS_URL_FILE (a missing file is an error), else None."""
+        if self.redis_url:
+            return self.redis_url
+        if self.redis_url_file is not None:
+            return self.redis_url_file.read_text(encoding="utf-8").strip() or None
+        return None
 
     def api_key_list(self) -> list[str]:
         return _key_list(self.api_keys, self.api_keys_file)

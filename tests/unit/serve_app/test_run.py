@@ -1,4 +1,5 @@
-"""`make run`'s key hand-over: keys reach the replicas as owner-only files, never as runtime_env values."""
+"""`make run`'s secret hand-over: keys and the Redis URL reach the replicas as owner-only files, never as
+runtime_env values."""
 
 from __future__ import annotations
 
@@ -16,19 +17,31 @@ def test_keys_are_written_owner_only_and_read_back_by_the_replica_settings(
 ) -> None:
     monkeypatch.setenv("FRAUD_API_KEYS", "alpha-key, beta-key")
     monkeypatch.setenv("FRAUD_ADMIN_KEYS", "root-key")
+    monkeypatch.setenv("FRAUD_REDIS_URL", "redis://:s3cret@127.0.0.1:6380/0")
     variables = write_key_files(Settings(), tmp_path / "secrets")
-    assert set(variables) == {"FRAUD_API_KEYS_FILE", "FRAUD_ADMIN_KEYS_FILE"}
+    assert set(variables) == {"FRAUD_API_KEYS_FILE", "FRAUD_ADMIN_KEYS_FILE", "FRAUD_REDIS_URL_FILE"}
+    assert not any("s3cret" in value for value in variables.values())
     for value in variables.values():
         assert stat.S_IMODE(Path(value).stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "secrets").stat().st_mode) == 0o700
     # A replica sees only the file variables (what the runtime_env carries) and must find the same keys.
     monkeypatch.delenv("FRAUD_API_KEYS")
     monkeypatch.delenv("FRAUD_ADMIN_KEYS")
+    monkeypatch.delenv("FRAUD_REDIS_URL")
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     replica = Settings()
     assert replica.api_key_list() == ["alpha-key", "beta-key"]
     assert replica.admin_key_list() == ["root-key"]
+    assert replica.store_url() == "redis://:s3cret@127.0.0.1:6380/0"
+
+
+def test_an_inline_redis_url_wins_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "url").write_text("redis://from-file:6380/0\n")
+    monkeypatch.setenv("FRAUD_REDIS_URL_FILE", str(tmp_path / "url"))
+    assert Settings().store_url() == "redis://from-file:6380/0"
+    monkeypatch.setenv("FRAUD_REDIS_URL", "redis://inline:6380/0")
+    assert Settings().store_url() == "redis://inline:6380/0"
 
 
 def test_writing_again_replaces_the_old_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
