@@ -1,8 +1,9 @@
 """`python -m loadtest.chaos`: fault scenarios against the scoring graph, printed as a table of figures.
 
 Without --url it starts its own stack on 127.0.0.1 (an embedded Redis with the product's persistence, a
-local Ray with 2 CPUs, serve_config.yaml deployed with a bundle from --bundle-dir or trained on the spot)
-and can then run every scenario. With --url it attacks a running stack with the handles it is given:
+local Ray with 2 CPUs, serve_config.yaml deployed with a bundle from --bundle-dir or trained on the spot,
+the edge HAProxy in front as `make run` puts it) and can then run every scenario. With --url it attacks a
+running stack with the handles it is given:
 --redis-url (slow Redis, fsync cost), --redis-pid (Redis frozen instead of stopped), --ray-address
 (replica kill). Scenarios whose handle is missing are skipped and say why. Every loop is bounded.
 """
@@ -32,12 +33,11 @@ from loadtest.chaos_scenarios import (
     replica_kill,
 )
 from loadtest.procstats import server_roots
-from serve_app.redis_server import EmbeddedRedis
-from serve_app.run import choose_side_ports
+from serve_app.edge import Address, Edge, EdgeSettings
+from serve_app.redis_server import EmbeddedRedis, free_port
+from serve_app.run import FAST_PATH_ENV, choose_side_ports
 
 SCENARIOS = ("capacity", "redis_down", "redis_slow", "overload", "replica_kill", "labels_kill9", "fsync_cost")
-# What `make run` turns on (serve_app.run.FAST_PATH_ENV): the stack under test is the one users get.
-FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -53,6 +53,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--bundle-dir", type=Path, help="bundle for the stack this run starts (default: train one)"
     )
     p.add_argument("--no-fast-path", action="store_true", help="own stack: Serve's Python proxy, not HAProxy")
+    p.add_argument("--no-edge", action="store_true", help="own stack: clients reach Serve directly")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
     p.add_argument("--outage-s", type=float, default=30.0, help="how long Redis stays down")
     p.add_argument("--step-s", type=float, default=20.0, help="length of the overload and replica-kill steps")
@@ -63,14 +64,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def own_stack(bundle_dir: Path | None, fast_path: bool) -> Iterator[ChaosTarget]:
-    """Embedded Redis + local Ray + the graph, all on 127.0.0.1, all stopped on exit."""
+def own_stack(bundle_dir: Path | None, fast_path: bool, edge: bool = True) -> Iterator[ChaosTarget]:
+    """Embedded Redis + local Ray + the graph (+ the edge), all on 127.0.0.1, all stopped on exit."""
     import ray
     from ray import serve
 
     from loadtest.chaos_stack import deployed_graph, train_small_bundle
 
-    with tempfile.TemporaryDirectory(prefix="fraud-chaos-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="fraud-chaos-") as scratch, contextlib.ExitStack() as stack:
         work = Path(scratch)
         if bundle_dir is None:
             print("training a small bundle for the stack (~20 s) ...", flush=True)
@@ -87,13 +88,20 @@ def own_stack(bundle_dir: Path | None, fast_path: bool) -> Iterator[ChaosTarget]
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
             print("deploying serve_config.yaml ...", flush=True)
             with deployed_graph(server.url, bundle_dir, work / "data") as graph:
+                base_url, roots = graph.base_url, server_roots(graph.port)
+                if edge:  # what `make run` puts in front (serve_app.run.start_edge)
+                    upstream = Address("127.0.0.1", graph.port)
+                    front = Edge(EdgeSettings(), Address("127.0.0.1", free_port()), upstream, work / "edge")
+                    stack.callback(front.stop)
+                    front.start()
+                    base_url, roots = f"http://{front.listen}", [*roots, front.pid or 0]
                 yield ChaosTarget(
-                    base_url=graph.base_url,
+                    base_url=base_url,
                     api_key=graph.api_key,
                     redis_url=server.url,
                     redis=server,
                     ray_connected=True,
-                    memory_roots=server_roots(graph.port),
+                    memory_roots=roots,
                 )
         finally:
             with contextlib.suppress(Exception):
@@ -186,7 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.url and not args.api_key:
         print("error: --url needs --api-key (or FRAUD_LOADTEST_API_KEY)", file=sys.stderr)
         return 2
-    stack = given_stack(args) if args.url else own_stack(args.bundle_dir, fast_path=not args.no_fast_path)
+    stack = (
+        given_stack(args)
+        if args.url
+        else own_stack(args.bundle_dir, fast_path=not args.no_fast_path, edge=not args.no_edge)
+    )
     with stack as target:
         results = run_scenarios(target, args, chosen)
     print()

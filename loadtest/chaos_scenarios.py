@@ -228,6 +228,11 @@ def overload(target: ChaosTarget, sustainable: float, factor: float, seconds: fl
             round(share(shed, lambda o: o.retry_after is not None), 1),
             "%",
         ),
+        (
+            "degraded among accepted (CPU overload must not trip the store breaker)",
+            round(share([o for o in run.outcomes if o.status == 200], lambda o: bool(o.degraded)), 1),
+            "%",
+        ),
         ("p99 latency of accepted requests", round(p99_ms(run.outcomes), 1), "ms, from when due"),
         (
             "  of which the server's own",

@@ -13,6 +13,7 @@ import psutil
 # A Ray node's workers (Serve proxy, replicas, haproxy) are all descendants of its raylet, so watching
 # the raylet's tree covers the whole graph of that node and nothing of another Ray on the same machine.
 RAY_NODE_ROOT = "raylet"
+SCORER_LAUNCHER = "serve_app.run"  # starts Ray, Redis and the edge as its children
 
 
 @dataclass(frozen=True)
@@ -166,13 +167,14 @@ def listening_pids(port: int) -> list[int]:
 
 
 def server_roots(port: int) -> list[int]:
-    """The process trees that serve `port`: the listener's own, or its whole Ray node's (the raylet)."""
+    """The process trees that serve `port`: the listener's own, its whole Ray node's (the raylet), or,
+    for the edge HAProxy that `python -m serve_app.run` starts, that process's (Ray, Redis and the edge)."""
     roots: set[int] = set()
     for pid in listening_pids(port):
         root = pid
         with contextlib.suppress(psutil.Error):
             for parent in psutil.Process(pid).parents():
-                if parent.name() == RAY_NODE_ROOT:
+                if parent.name() == RAY_NODE_ROOT or SCORER_LAUNCHER in " ".join(parent.cmdline()):
                     root = parent.pid
                     break
         roots.add(root)

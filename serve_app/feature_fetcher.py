@@ -86,13 +86,23 @@ class FeatureFetcher:
                 "FeatureFetcher needs a Redis URL: FRAUD_REDIS_URL, FRAUD_REDIS_URL_FILE or redis_url"
             )
         self.timeout_s = timeout_s
-        # The client retries a dropped or timed-out call once by itself; this deadline bounds both tries.
+        # The client resends a call once after a dropped connection (never after a timeout); this deadline
+        # bounds both tries.
         self.deadline_s = 2 * timeout_s + 0.01
         self.store = OnlineFeatureStore(url, timeout_s=timeout_s)
         # Labels get their own client with a patient socket: with appendfsync always a write waits for the
         # fsync, and a 50 ms socket timeout would make the client resend it and report 'unchanged'.
         self.label_store = OnlineFeatureStore(url, timeout_s=LABEL_TIMEOUT_S)
-        self.breaker = CircuitBreaker(failure_threshold=breaker_failures, reset_after_s=breaker_reset_s)
+        # A store that answers, but late, costs as much as one that is down: each late call holds its
+        # requests (and their slots at the edge). Half the timeout is far above a healthy call (~1-3 ms per
+        # batch) and well below a stalled one; half of the last ten calls that slow opens the breaker.
+        self.breaker = CircuitBreaker(
+            failure_threshold=breaker_failures,
+            reset_after_s=breaker_reset_s,
+            slow_call_s=timeout_s / 2,
+            slow_share=0.5,
+            window=10,
+        )
         # Scored degraded, recorded later: an outage must not erase transactions from the velocity windows.
         self.pending = PendingWrites()
         install_record_redaction(get_settings().api_key_list())
@@ -120,8 +130,9 @@ class FeatureFetcher:
                     self.breaker.state,
                 )
             else:
-                self.breaker.record_success()
-                metrics.observe_store_latency(time.perf_counter() - started, ok=True)
+                elapsed = time.perf_counter() - started
+                self.breaker.record_success(elapsed / chunks)
+                metrics.observe_store_latency(elapsed, ok=True)
                 self.pending.drain_soon(self.store.fetch_and_update)
                 return FeatureBatch(derive_features(raw, req), np.zeros(len(transactions), dtype=bool))
         self.pending.add(events)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -57,6 +58,7 @@ class PendingWrites:
         failures = 0
         while self.events:
             batch = [self.events.popleft() for _ in range(min(self.chunk, len(self.events)))]
+            started = time.monotonic()
             try:
                 await asyncio.wait_for(write(batch), self.timeout_s)
             except (OnlineStoreError, TimeoutError) as exc:
@@ -71,6 +73,10 @@ class PendingWrites:
                 raise
             failures = 0
             self.replayed += len(batch)
+            if self.events:
+                # As long again as the chunk took: live scoring keeps at least half of the store's time
+                # while a backlog of an outage lands (back to back, it made live calls wait and time out).
+                await asyncio.sleep(time.monotonic() - started)
         logger.info("pending writes replayed: %d in total, %d dropped", self.replayed, self.dropped)
 
     async def wait(self) -> None:

@@ -18,12 +18,14 @@ from typing import Any
 
 import yaml
 
+from serve_app.edge import Address, Edge, EdgeError, EdgeSettings
 from serve_app.redis_server import EmbeddedRedis, free_port
 from serve_app.settings import Settings, get_settings
 
 logger = logging.getLogger("serve_app.run")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFERRED_REDIS_PORT = 6380  # never 6379: that is Ray's default GCS port
+PREFERRED_SERVE_PORT = 8001  # Serve's own HTTP port behind the edge (the edge takes the configured one)
 DEPLOY_TIMEOUT_S = 300.0
 # Measured (DESIGN.md): HAProxy ingress + throughput mode is worth ~7x on a 2-core machine.
 FAST_PATH_ENV = {
@@ -32,6 +34,11 @@ FAST_PATH_ENV = {
     # Ray starts workers at niceness 15 so its own daemons win the CPU; here the Serve replicas are the
     # workload, and at 15 they lose every contended millisecond to any other process on the machine.
     "RAY_worker_niceness": "0",
+    # A replica killed mid-request closes its connections without an answer. Every route is idempotent
+    # (the store records a transaction_id once, a repeated label is not counted twice), so Serve's HAProxy
+    # may resend such a request to another replica instead of failing it (python -m loadtest.chaos,
+    # replica_kill). Never on a 503: that is backpressure, and resending it would defeat the shedding.
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
 }
 # Side ports HAProxy mode binds besides the API port; a second instance on the machine needs other ones.
 SIDE_PORTS = {
@@ -52,6 +59,7 @@ class Running:
     redis: EmbeddedRedis | None = None
     warming: subprocess.Popen[bytes] | None = None
     ray_started: bool = False
+    edge: Edge | None = None
 
 
 class StopRequested(BaseException):
@@ -86,11 +94,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="no Ray dashboard (its processes hold ~1 GB on this machine)",
     )
     parser.add_argument("--num-cpus", type=float, default=None, help="CPUs Ray may use (default: all)")
+    parser.add_argument(
+        "--no-edge",
+        action="store_true",
+        help="clients reach Serve directly: no HAProxy in front shedding overload (FRAUD_EDGE_ENABLED=0)",
+    )
     return parser.parse_args(argv)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As servers bind (HAProxy, uvicorn, Redis): a port left in TIME_WAIT by closed clients is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -275,14 +290,41 @@ def deploy(config: Any, timeout_s: float = DEPLOY_TIMEOUT_S) -> int:
     raise SystemExit(f"{names} not RUNNING after {timeout_s:.0f} s; see the Ray dashboard's Serve logs")
 
 
-def banner(config: Any, port: int, dashboard_url: str, tracking_uri: str, generated_key: str | None) -> str:
-    base = f"http://{config.http_options.host}:{port}"
+def move_serve_behind_edge(config: Any) -> Address:
+    """The edge takes the configured address; Serve's HTTP moves to a private port on 127.0.0.1."""
+    public = Address(config.http_options.host, int(config.http_options.port))
+    if not port_is_free(public.port, public.host):
+        raise SystemExit(f"{public} is in use: another scorer (or another program) listens there")
+    private = PREFERRED_SERVE_PORT if port_is_free(PREFERRED_SERVE_PORT) else free_port()
+    config.http_options.host, config.http_options.port = "127.0.0.1", private
+    return public
+
+
+def start_edge(public: Address, serve_port: int, directory: Path) -> Edge:
+    try:
+        return Edge(EdgeSettings(), public, Address("127.0.0.1", serve_port), directory).start()
+    except EdgeError as exc:
+        raise SystemExit(f"the edge (HAProxy in front of Serve) did not start: {exc}") from None
+
+
+def banner(
+    base: str, edge: Edge | None, dashboard_url: str, tracking_uri: str, generated_key: str | None
+) -> str:
     key = generated_key or "<one of your FRAUD_API_KEYS>"
     lines = [
         "",
         "Fraud scorer is up.",
         f"  API            {base}/v1/score   (also /v1/score/batch, /v1/feedback, /healthz, /readyz)",
         f"  OpenAPI docs   {base}/docs",
+    ]
+    if edge is not None:
+        limits = edge.settings
+        lines.append(
+            f"  Edge           at most {limits.max_in_flight} requests in Serve at once, {limits.max_queue} "
+            f"waiting up to {limits.queue_timeout_ms} ms, the rest 503 (FRAUD_EDGE_*); "
+            f"Serve itself on http://{edge.upstream}"
+        )
+    lines += [
         f"  Ray dashboard  {dashboard_url}",
         f"  MLflow UI      {sys.executable} -m mlflow ui --backend-store-uri {tracking_uri} --port 5000",
     ]
@@ -308,6 +350,8 @@ def shutdown(running: Running) -> None:
     if running.warming is not None:
         running.warming.terminate()
         running.warming.wait()
+    if running.edge is not None:
+        running.edge.stop()
     if running.ray_started:
         import ray
         from ray import serve
@@ -332,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["FRAUD_DATA_DIR"] = str(data_dir)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     config = read_config(args.config)
+    # The edge sheds overload in C before it costs a replica any CPU (README, "Overload"); without it,
+    # clients reach Serve's own HAProxy, and every request, refused or not, is parsed by a Python replica.
+    public = move_serve_behind_edge(config) if EdgeSettings().enabled and not args.no_edge else None
     running = Running()
     handle_stop_signals()
     try:
@@ -365,10 +412,13 @@ def main(argv: list[str] | None = None) -> int:
         running.ray_started = True
         handle_stop_signals()  # again: ray.init installs its own SIGTERM handler
         port = deploy(config)
+        if public is not None:
+            running.edge = start_edge(public, port, data_dir / "edge")
         finish_warming(running)
         dashboard = context.dashboard_url or f"127.0.0.1:{args.dashboard_port}"
         dashboard_url = "off (--no-dashboard)" if args.no_dashboard else f"http://{dashboard}"
-        print(banner(config, port, dashboard_url, tracking_uri, generated_key), flush=True)
+        base = f"http://{public}" if public is not None else f"http://{config.http_options.host}:{port}"
+        print(banner(base, running.edge, dashboard_url, tracking_uri, generated_key), flush=True)
         while True:
             time.sleep(3600)
     except StopRequested:

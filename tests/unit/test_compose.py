@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from serve_app.edge import Address, EdgeSettings, parse_args
 from serve_app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +23,7 @@ REQUIRED_SECRETS = (
     "RAY_AUTH_TOKEN",
 )
 STATEFUL = {"redis": "/data", "postgres": "/var/lib/postgresql/data", "mlflow": "/mlartifacts"}
-PUBLISHING = {"ray-head", "grafana", "locust"}
+PUBLISHING = {"edge", "ray-head", "grafana", "locust"}
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,23 @@ def test_only_the_api_dashboards_and_locust_are_published_and_only_on_localhost(
         for port in ports:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond localhost"
     published = {str(p).rsplit(":", 1)[1] for p in services["ray-head"]["ports"]}
-    assert published == {"8000", "8265"}  # API and Ray dashboard; GCS, metrics, client ports stay inside
+    assert published == {"8265"}  # Ray dashboard; Serve, GCS, metrics, client ports stay inside
+    # The API only through the edge, which sheds overload before it reaches Serve.
+    assert [str(p).rsplit(":", 1)[1] for p in services["edge"]["ports"]] == ["8000"]
+
+
+def test_the_edge_fronts_serve_and_locust_goes_through_it(services: dict[str, dict[str, Any]]) -> None:
+    command = services["edge"]["command"]
+    assert command[:3] == ["python", "-m", "serve_app.edge"]
+    args = parse_args(command[3:])
+    assert args.upstream == Address("ray-head", 8000)
+    assert args.listen.port == 8000
+    assert services["edge"]["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    assert "--host=http://edge:8000" in _command(services["locust"])
+    config = yaml.safe_load((ROOT / "configs" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    port = services["edge"]["environment"]["FRAUD_EDGE_METRICS_PORT"]
+    assert jobs["edge"]["static_configs"][0]["targets"] == [f"edge:{port}"]
 
 
 def test_required_secrets_fail_loudly_when_unset() -> None:
@@ -148,6 +165,7 @@ def test_required_secrets_fail_loudly_when_unset() -> None:
 
 def test_environment_names_match_what_the_code_reads(services: dict[str, dict[str, Any]]) -> None:
     settings_vars = {f"FRAUD_{name.upper()}" for name in Settings.model_fields}
+    settings_vars |= {f"FRAUD_EDGE_{name.upper()}" for name in EdgeSettings.model_fields}
     loadtest_sources = " ".join(p.read_text() for p in (ROOT / "loadtest").glob("*.py"))
     for name, service in services.items():
         environment = service.get("environment", {})

@@ -58,3 +58,31 @@ def test_a_missing_key_file_is_an_error_not_an_open_door(
     monkeypatch.setenv("FRAUD_API_KEYS_FILE", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError):
         Settings().api_key_list()
+
+
+def test_the_edge_takes_the_configured_address_and_serve_moves_to_a_private_port() -> None:
+    from serve_app.redis_server import free_port
+    from serve_app.run import REPO_ROOT, move_serve_behind_edge, port_is_free, read_config
+
+    config = read_config(REPO_ROOT / "serve_config.yaml")
+    config.http_options.host, config.http_options.port = "127.0.0.1", free_port()
+    wanted = config.http_options.port
+    public = move_serve_behind_edge(config)
+    assert (public.host, public.port) == ("127.0.0.1", wanted)
+    assert config.http_options.host == "127.0.0.1"  # Serve itself is never reachable from outside
+    assert config.http_options.port != wanted
+    assert port_is_free(config.http_options.port)
+
+
+def test_a_taken_public_port_stops_the_start_before_anything_runs() -> None:
+    import socket
+
+    from serve_app.run import REPO_ROOT, move_serve_behind_edge, read_config
+
+    config = read_config(REPO_ROOT / "serve_config.yaml")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        config.http_options.host, config.http_options.port = "127.0.0.1", listener.getsockname()[1]
+        with pytest.raises(SystemExit, match="in use"):
+            move_serve_behind_edge(config)

@@ -1,0 +1,144 @@
+"""The edge HAProxy, for real, in front of an upstream that holds requests until told: it lets the budget
+through, queues a few for the queue timeout, refuses the rest at once with 503 + Retry-After, keeps probes
+answering while saturated, passes the upstream's own answers unchanged and logs no request content."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve_app.edge import Address, Edge, EdgeSettings
+from serve_app.redis_server import free_port
+
+CARD_LIKE = "4111111111111111"
+
+
+class HeldUpstream:
+    """/v1/score waits for `release`; /readyz answers at once; /bad answers 422 with a detail."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.arrived = 0
+        self.lock = threading.Lock()
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_args: object) -> None:  # quiet test output
+                return
+
+            def do_GET(self) -> None:
+                self._answer(200, b'{"status":"ready"}')
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.path == "/bad":
+                    self._answer(422, b'{"detail":[{"loc":["body","amount"]}]}')
+                    return
+                with upstream.lock:
+                    upstream.arrived += 1
+                upstream.release.wait(10.0)
+                self._answer(200, b'{"decision":"approve"}')
+
+            def _answer(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def address(self) -> Address:
+        return Address("127.0.0.1", self.server.server_address[1])
+
+
+@pytest.fixture
+def upstream() -> Iterator[HeldUpstream]:
+    held = HeldUpstream()
+    held.thread.start()
+    yield held
+    held.release.set()
+    held.server.shutdown()
+    held.server.server_close()
+
+
+@pytest.fixture
+def edge(upstream: HeldUpstream, tmp_path: Path) -> Iterator[Edge]:
+    settings = EdgeSettings(max_in_flight=2, max_queue=1, queue_timeout_ms=400, retry_after_s=2)
+    running = Edge(settings, Address("127.0.0.1", free_port()), upstream.address, tmp_path / "edge").start()
+    yield running
+    running.stop()
+
+
+def _post(base: str, path: str = "/v1/score") -> httpx.Response:
+    body = {"transaction_id": "t-1", "card": CARD_LIKE}
+    return httpx.post(f"{base}{path}", json=body, headers={"X-API-Key": "k"}, timeout=15.0)
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+def test_budget_queue_and_refusal(edge: Edge, upstream: HeldUpstream) -> None:
+    base = f"http://{edge.listen}"
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        held: list[Future[httpx.Response]] = [pool.submit(_post, base) for _ in range(2)]
+        _wait_for(lambda: upstream.arrived == 2)
+        queued = pool.submit(_post, base)
+        time.sleep(0.1)  # the third is waiting in the edge's queue, not at the upstream
+        assert upstream.arrived == 2
+        assert not queued.done()
+
+        started = time.monotonic()
+        refused = _post(base)  # budget and queue full: refused at once
+        assert refused.status_code == 503
+        assert time.monotonic() - started < 0.3
+        assert refused.headers["Retry-After"] == "2"
+        assert "detail" in refused.json()
+
+        # Probes pass while scoring is saturated: an overloaded scorer is alive and ready.
+        assert httpx.get(f"{base}/readyz", timeout=5.0).status_code == 200
+
+        timed_out = queued.result(timeout=5.0)  # waited its 400 ms queue timeout, then refused
+        assert timed_out.status_code == 503
+        assert timed_out.headers["Retry-After"] == "2"
+        assert "detail" in timed_out.json()
+
+        upstream.release.set()
+        assert [f.result(timeout=10.0).status_code for f in held] == [200, 200]
+    assert upstream.arrived == 2  # nothing refused ever reached the upstream
+
+
+def test_upstream_answers_pass_through_unchanged(edge: Edge, upstream: HeldUpstream) -> None:
+    upstream.release.set()
+    base = f"http://{edge.listen}"
+    bad = _post(base, "/bad")
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["body", "amount"]
+    assert _post(base).status_code == 200
+
+
+def test_the_edge_logs_no_request_content(edge: Edge, upstream: HeldUpstream) -> None:
+    upstream.release.set()
+    assert _post(f"http://{edge.listen}").status_code == 200
+    edge.stop()
+    logs = "\n".join(p.read_text(errors="replace") for p in edge.directory.glob("*.log"))
+    assert CARD_LIKE not in logs
+    assert "X-API-Key" not in logs
