@@ -35,7 +35,7 @@ from loadtest.chaos_scenarios import (
 from loadtest.procstats import server_roots
 from serve_app.edge import Address, Edge, EdgeSettings
 from serve_app.redis_server import EmbeddedRedis, free_port
-from serve_app.run import FAST_PATH_ENV, choose_side_ports
+from serve_app.run import EDGE_ENV, FAST_PATH_ENV, NO_EDGE_ENV, choose_side_ports
 
 SCENARIOS = ("capacity", "redis_down", "redis_slow", "overload", "replica_kill", "labels_kill9", "fsync_cost")
 
@@ -78,7 +78,8 @@ def own_stack(bundle_dir: Path | None, fast_path: bool, edge: bool = True) -> It
             bundle_dir = train_small_bundle(work / "bundle")
         server = EmbeddedRedis(directory=work / "redis").start()
         if fast_path:
-            os.environ.update({k: os.environ.get(k, v) for k, v in FAST_PATH_ENV.items()})
+            wanted = {**FAST_PATH_ENV, **(EDGE_ENV if edge else NO_EDGE_ENV)}  # as serve_app.run chooses
+            os.environ.update({k: os.environ.get(k, v) for k, v in wanted.items()})
             # HAProxy mode's side ports are fixed (stats 8404 and metrics 9101 on all interfaces, the
             # fallback proxy on 8500): with another stack on the machine, HAProxy would fail to start or,
             # worse, fall back to *that* stack's proxy while our Ingress restarts. Free ones, as make run.

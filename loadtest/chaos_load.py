@@ -255,12 +255,16 @@ async def open_loop(
 
 
 def timeline(run: Run, bucket_s: float = 1.0) -> list[str]:
-    """Per time bucket (by intended send time): answers by status, and how many 200s were degraded."""
+    """Per time bucket (by intended send time): answers by status, how many 200s were degraded, and the
+    first status of those a client retry saved (first-STATUS)."""
     buckets: dict[int, dict[str, int]] = {}
     for o in run.outcomes:
         counts = buckets.setdefault(int(o.intended_s // bucket_s), {})
         key = "degraded" if o.degraded else str(o.status)
         counts[key] = counts.get(key, 0) + 1
+        if o.attempts > 1:  # what the retry hid: the first attempt's status
+            first = f"first-{o.first_status}"
+            counts[first] = counts.get(first, 0) + 1
     marks = {int(t // bucket_s): name for name, t in run.marks.items()}
     return [
         f"{b * bucket_s:6.1f}s {' '.join(f'{k}={v}' for k, v in sorted(buckets[b].items()))}"

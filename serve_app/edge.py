@@ -29,16 +29,20 @@ class EdgeError(RuntimeError):
 class EdgeSettings(BaseSettings):
     """How much the edge lets through to Serve at once (FRAUD_EDGE_*).
 
-    Measured on 2 cores (python -m loadtest.chaos, overload at 3x capacity): 16 in flight with a 20 ms
-    queue kept accepted p99 at 72 ms; 32 in flight let it rise to 170 ms, 8 cost a third of the capacity.
+    Under overload the queue is always full, so a request waits behind at most `max_queue` others (8
+    drain in ~10 ms here) and the queue timeout never fires; it only guards a stall (a replica dying, the
+    store hanging), when waiting up to a second beats a 503. Measured on 2 cores (python -m loadtest.chaos,
+    3x capacity, accepted p99 from when due): 12 in flight + 8 queued 58-63 ms; 16 + 8 67-117 ms; 32 + 16
+    170 ms; 8 in flight cost a fifth of the capacity. A 20 ms queue timeout shed 1-8 % of the requests
+    while a killed replica was replaced; 1 s, none.
     """
 
     model_config = SettingsConfigDict(env_prefix="FRAUD_EDGE_", extra="ignore")
 
     enabled: bool = Field(True, description="Put the edge in front of Serve (make run)")
-    max_in_flight: int = Field(16, ge=1, description="Requests inside Serve at once, over all replicas")
-    max_queue: int = Field(16, ge=0, description="Requests waiting for a slot; beyond it, 503 at once")
-    queue_timeout_ms: int = Field(20, ge=1, description="A request waiting longer than this gets 503")
+    max_in_flight: int = Field(12, ge=1, description="Requests inside Serve at once, over all replicas")
+    max_queue: int = Field(8, ge=0, description="Requests waiting for a slot; beyond it, 503 at once")
+    queue_timeout_ms: int = Field(1000, ge=1, description="A request waiting longer than this gets 503")
     retry_after_s: int = Field(1, ge=0, description="Retry-After on a shed request")
     metrics_port: int | None = Field(None, description="HAProxy's Prometheus exporter port (off if unset)")
     metrics_host: str = Field("127.0.0.1", description="Where the exporter listens")
@@ -96,13 +100,18 @@ global
 
 defaults
     mode http
-    timeout connect 2s
+    # Serve is on this machine or this network: a connect takes well under a millisecond. HAProxy waits
+    # min(timeout connect, 1 s) before a retry, and a second of held slots is what made the edge shed.
+    timeout connect 100ms
     timeout client 60s
     timeout server 30s
     timeout http-request 10s
     timeout http-keep-alive 30s
-    # Serve's HAProxy re-execs on every replica change; a refused connect is retried, never a sent request.
-    retry-on conn-failure
+    # A replica killed mid-request comes back from Serve as an empty answer or a 500/502 (Serve maps its
+    # own 502-504 to 500). Every route is idempotent (the store records a transaction_id once, a repeated
+    # label is not counted twice), so it is resent, 100 ms later, instead of failing. Never a 503: that
+    # is backpressure, and resending it would defeat the shedding. Requests over the buffer are not resent.
+    retry-on conn-failure empty-response junk-response response-timeout 500 502 504
     retries 3
 
 frontend api
@@ -110,8 +119,8 @@ frontend api
     # The whole body before a slot is taken: a slow sender must not hold one of the few in-flight slots.
     option http-buffer-request
     acl probe path {probes}
-    # Over budget and the queue full: refuse at once, in C, before any Python sees the request. Accepted
-    # requests then wait at most the queue timeout, which is what keeps their p99 under 100 ms at 3x load.
+    # Over budget and the queue full: refuse at once, in C, before any Python sees the request. An accepted
+    # request waits behind at most max_queue others, which is what keeps its p99 under 100 ms at 3x load.
     http-request return status 503 content-type application/json {shed_headers} string '{detail}' {shed_when}
     use_backend probes if probe
     default_backend scorer

@@ -34,12 +34,15 @@ FAST_PATH_ENV = {
     # Ray starts workers at niceness 15 so its own daemons win the CPU; here the Serve replicas are the
     # workload, and at 15 they lose every contended millisecond to any other process on the machine.
     "RAY_worker_niceness": "0",
-    # A replica killed mid-request closes its connections without an answer. Every route is idempotent
-    # (the store records a transaction_id once, a repeated label is not counted twice), so Serve's HAProxy
-    # may resend such a request to another replica instead of failing it (python -m loadtest.chaos,
-    # replica_kill). Never on a 503: that is backpressure, and resending it would defeat the shedding.
-    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
 }
+# A replica killed mid-request closes its connections without an answer, and the next requests routed to
+# it are refused until HAProxy marks it down. Every route is idempotent, so they may be resent. Serve's
+# HAProxy waits a second before any resend (HAProxy's turn-around, min(timeout connect, 1 s), and Ray sets
+# whole seconds); behind the edge that second of held slots made the edge shed 0.2-1.4 % of requests
+# (python -m loadtest.chaos, replica_kill). So with the edge, Serve's HAProxy answers at once and the edge
+# resends 100 ms later; without it, Serve's HAProxy resends, late but still better than failing.
+EDGE_ENV = {"RAY_SERVE_HAPROXY_RETRIES": "0"}
+NO_EDGE_ENV = {"RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response"}
 # Side ports HAProxy mode binds besides the API port; a second instance on the machine needs other ones.
 SIDE_PORTS = {
     "RAY_SERVE_HAPROXY_METRICS_PORT": 9101,
@@ -390,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         if not settings.api_key_list():
             generated_key = secrets.token_urlsafe(24)
             os.environ["FRAUD_API_KEYS"] = generated_key
-        for name, value in FAST_PATH_ENV.items():
+        for name, value in {**FAST_PATH_ENV, **(NO_EDGE_ENV if public is None else EDGE_ENV)}.items():
             os.environ.setdefault(name, value)
         choose_side_ports()
 

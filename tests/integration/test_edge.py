@@ -26,6 +26,7 @@ class HeldUpstream:
     def __init__(self) -> None:
         self.release = threading.Event()
         self.arrived = 0
+        self.calls: dict[str, int] = {}
         self.lock = threading.Lock()
         upstream = self
 
@@ -43,13 +44,26 @@ class HeldUpstream:
                 if self.path == "/bad":
                     self._answer(422, b'{"detail":[{"loc":["body","amount"]}]}')
                     return
+                if self.path in ("/dies-once", "/busy"):
+                    with upstream.lock:
+                        upstream.calls[self.path] = upstream.calls.get(self.path, 0) + 1
+                        first = upstream.calls[self.path] == 1
+                    if self.path == "/busy":  # Serve's own backpressure answer
+                        self._answer(503, b'{"detail":"busy"}', {"Retry-After": "1"})
+                    elif first:  # a replica killed mid-request: the connection closes, no answer
+                        self.close_connection = True
+                    else:
+                        self._answer(200, b'{"decision":"approve"}')
+                    return
                 with upstream.lock:
                     upstream.arrived += 1
                 upstream.release.wait(10.0)
                 self._answer(200, b'{"decision":"approve"}')
 
-            def _answer(self, status: int, body: bytes) -> None:
+            def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -142,3 +156,18 @@ def test_the_edge_logs_no_request_content(edge: Edge, upstream: HeldUpstream) ->
     logs = "\n".join(p.read_text(errors="replace") for p in edge.directory.glob("*.log"))
     assert CARD_LIKE not in logs
     assert "X-API-Key" not in logs
+
+
+def test_an_answer_lost_with_its_replica_is_resent_but_backpressure_is_not(
+    edge: Edge, upstream: HeldUpstream
+) -> None:
+    """Every route is idempotent, so a request whose replica died before answering is sent again; a 503
+    from Serve is its queue limit speaking and reaches the client as it is."""
+    base = f"http://{edge.listen}"
+    saved = _post(base, "/dies-once")
+    assert saved.status_code == 200
+    assert upstream.calls["/dies-once"] == 2
+    busy = _post(base, "/busy")
+    assert busy.status_code == 503
+    assert busy.json() == {"detail": "busy"}
+    assert upstream.calls["/busy"] == 1
