@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.chaos_load import MAX_RETRY_PAUSE_S, RETRY_PAUSE_S, Outcome, p99_ms, retry_pause_s
+from loadtest.chaos_load import (
+    MAX_RETRY_PAUSE_S,
+    RETRY_PAUSE_S,
+    Outcome,
+    Run,
+    p99_ms,
+    retry_pause_s,
+    timeline,
+)
 
 
 @pytest.mark.parametrize(
@@ -40,3 +48,13 @@ def test_p99_counts_only_the_asked_status_and_measure() -> None:
     assert p99_ms(outcomes) == pytest.approx(990.0, rel=0.02)
     assert p99_ms(outcomes, status=503, measure="server_ms") == pytest.approx(100.0)
     assert p99_ms(outcomes, status=503, measure="lag_ms") == pytest.approx(900.0)
+
+
+def test_the_timeline_shows_what_a_client_retry_hid() -> None:
+    run = Run(rate=3.0, duration_s=2.0, marks={"kill": 1.5})
+    run.outcomes = [
+        Outcome(0, 0.1, 0.2, 200, False, None, 1, 200, 0.1),
+        Outcome(1, 0.4, 1.6, 200, False, None, 2, 503, 0.4),  # shed, then served after Retry-After
+        Outcome(2, 1.2, 1.3, 200, True, None, 1, 200, 1.2),
+    ]
+    assert timeline(run) == ["   0.0s 200=2 first-503=1", "   1.0s degraded=1   <- kill"]
