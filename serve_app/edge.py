@@ -29,20 +29,20 @@ class EdgeError(RuntimeError):
 class EdgeSettings(BaseSettings):
     """How much the edge lets through to Serve at once (FRAUD_EDGE_*).
 
-    Under overload the queue is always full, so a request waits behind at most `max_queue` others (16
-    drain in ~25 ms here) and the queue timeout never fires; it only guards a stall (a replica dying, the
-    store hanging), when waiting up to a second beats a 503. Measured on 2 cores, quiet (loadtest.chaos at
-    3x capacity, accepted p99 from when due; loadtest.bench, max rate at p99 < 100 ms): 16 + 16 78 ms at
-    3x, 349 req/s, no shed under a slow store; 12 + 8 58-63 ms at 3x but only 229 req/s (bursts at 70 %
-    load were shed) and 0.5 % shed under a slow store; 32 in flight 170 ms at 3x; a 20 or 30 ms queue
-    timeout shed 0.5-8 % of the requests while a killed replica was replaced, 1 s none.
+    Under overload the queue is always full, so a request waits behind at most `max_queue` others (8
+    drain in ~10 ms here) and the queue timeout never fires; it only guards a stall (a replica dying, the
+    store hanging), when waiting up to a second beats a 503. Measured on 2 cores, quiet (loadtest.chaos,
+    accepted p99 at 3x capacity, from when due): 12 + 8 58, 58, 63 ms; 12 + 16 87, 123; 16 + 8 67-117;
+    16 + 16 78, 168; 32 in flight 170. The price of 12 + 8 (loadtest.bench): bursts at 70-85 % load are
+    shed (0.2 % at 249 req/s), so the rate held without errors is 229 req/s against 349 with 16 + 16. A
+    20-30 ms queue timeout shed 0.5-8 % of the requests while a killed replica was replaced; 1 s, none.
     """
 
     model_config = SettingsConfigDict(env_prefix="FRAUD_EDGE_", extra="ignore")
 
     enabled: bool = Field(True, description="Put the edge in front of Serve (make run)")
-    max_in_flight: int = Field(16, ge=1, description="Requests inside Serve at once, over all replicas")
-    max_queue: int = Field(16, ge=0, description="Requests waiting for a slot; beyond it, 503 at once")
+    max_in_flight: int = Field(12, ge=1, description="Requests inside Serve at once, over all replicas")
+    max_queue: int = Field(8, ge=0, description="Requests waiting for a slot; beyond it, 503 at once")
     queue_timeout_ms: int = Field(1000, ge=1, description="A request waiting longer than this gets 503")
     retry_after_s: int = Field(1, ge=0, description="Retry-After on a shed request")
     metrics_port: int | None = Field(None, description="HAProxy's Prometheus exporter port (off if unset)")

@@ -82,7 +82,7 @@ def test_addresses_parse_host_and_port() -> None:
 def test_cli_prints_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--listen", "127.0.0.1:18000", "--upstream", "127.0.0.1:18001", "--dir", str(tmp_path)]
     assert main([*argv, "--print-config"]) == 0
-    assert "server serve 127.0.0.1:18001 maxconn 16" in capsys.readouterr().out
+    assert "server serve 127.0.0.1:18001 maxconn 12" in capsys.readouterr().out
 
 
 def test_cli_rejects_a_bad_address(capsys: pytest.CaptureFixture[str]) -> None:
