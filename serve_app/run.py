@@ -38,7 +38,7 @@ FAST_PATH_ENV = {
 # A replica killed mid-request closes its connections without an answer, and the next requests routed to
 # it are refused until HAProxy marks it down. Every route is idempotent, so they may be resent. Serve's
 # HAProxy waits a second before any resend (HAProxy's turn-around, min(timeout connect, 1 s), and Ray sets
-# whole seconds); behind the edge that second of held slots made the edge shed 0.2-1.4 % of requests
+# whole seconds); behind the edge that second of held slots made the edge shed 1.4-7.9 % of requests
 # (python -m loadtest.chaos, replica_kill). So with the edge, Serve's HAProxy answers at once and the edge
 # resends 100 ms later; without it, Serve's HAProxy resends, late but still better than failing.
 EDGE_ENV = {"RAY_SERVE_HAPROXY_RETRIES": "0"}
