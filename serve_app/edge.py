@@ -35,7 +35,7 @@ class EdgeSettings(BaseSettings):
     accepted p99 at 3x capacity, from when due): 12 + 8 58, 58, 63 ms; 12 + 16 87, 123; 16 + 8 67-117;
     16 + 16 78, 168; 32 in flight 170. The price of 12 + 8 (loadtest.bench): bursts at 70-85 % load are
     shed (0.2 % at 249 req/s in one run), so the rate held without errors is 229-295 req/s against 349. A
-    20-30 ms queue timeout shed 0.5-8 % of the requests while a killed replica was replaced; 1 s, none.
+    20-30 ms queue timeout shed 0.5-8 % of the requests while a killed replica was replaced; 1 s, 0-0.6 %.
     """
 
     model_config = SettingsConfigDict(env_prefix="FRAUD_EDGE_", extra="ignore")
