@@ -59,6 +59,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--step-s", type=float, default=20.0, help="length of the overload and replica-kill steps")
     p.add_argument("--load-fraction", type=float, default=0.3, help="fault load as a share of capacity")
     p.add_argument("--overload-factor", type=float, default=3.0, help="overload as a multiple of capacity")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="run each fault scenario N times (figures vary run to run)"
+    )
     p.add_argument("--json", type=Path, help="also write the figures here")
     return p.parse_args(argv)
 
@@ -151,20 +154,20 @@ def run_scenarios(target: ChaosTarget, args: argparse.Namespace, chosen: list[st
         "labels_kill9": lambda: labels_survive_kill9(target),
         "fsync_cost": lambda: fsync_cost(target, seconds=8.0),
     }
-    for name in chosen:
-        if name == "capacity":
-            continue
-        print(f"running {name} ...", flush=True)
+    runs = [(name, n) for n in range(1, args.repeat + 1) for name in chosen if name != "capacity"]
+    for name, n in runs:
+        key = name if n == 1 else f"{name} #{n}"
+        print(f"running {key} ...", flush=True)
         started = time.monotonic()
         try:
-            results[name] = plan[name]()
+            results[key] = plan[name]()
         except Skip as reason:
-            results[name] = [("skipped", str(reason), "")]
+            results[key] = [("skipped", str(reason), "")]
         except Exception as exc:  # one broken scenario must not cost the figures of the others
-            results[name] = [("failed", f"{type(exc).__name__}: {exc}", "")]
+            results[key] = [("failed", f"{type(exc).__name__}: {exc}", "")]
         if args.json:
             args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
-        print(f"  {name} done in {time.monotonic() - started:.0f} s", flush=True)
+        print(f"  {key} done in {time.monotonic() - started:.0f} s", flush=True)
         time.sleep(3.0)  # let queues drain and breakers close before the next fault
     return results
 
@@ -191,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(chosen) - set(SCENARIOS))
     if unknown:
         print(f"error: unknown scenarios {unknown}; choose from {SCENARIOS}", file=sys.stderr)
+        return 2
+    if args.repeat < 1:
+        print("error: --repeat must be >= 1", file=sys.stderr)
         return 2
     if args.url and not args.api_key:
         print("error: --url needs --api-key (or FRAUD_LOADTEST_API_KEY)", file=sys.stderr)

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from loadtest.httpload import LOCAL_HOSTS, percentile
+from serve_app.edge import SHED_DETAIL
 
 STATUS_NO_ANSWER = 0  # timeout, refused or reset connection: no HTTP status at all
 RETRYABLE = frozenset({STATUS_NO_ANSWER, 500, 502, 503, 504})
@@ -48,6 +49,8 @@ class Outcome:
     attempts: int
     first_status: int
     sent_s: float = math.nan  # when the first attempt actually left (later than intended if we lagged)
+    first_source: str = ""  # for a first 503: "edge" (shed by the edge) or "serve" (Serve's own answer)
+    source: str = ""  # the same for the last answer
 
     @property
     def latency_ms(self) -> float:
@@ -165,6 +168,13 @@ class _Client:
         self.reader = self.writer = None
 
 
+def source_of_503(status: int, body: bytes) -> str:
+    """Who refused: the edge's shed answer carries its own detail; anything else came from Serve."""
+    if status != 503:
+        return ""
+    return "edge" if SHED_DETAIL.encode() in body else "serve"
+
+
 def _degraded(status: int, body: bytes) -> bool | None:
     if status != 200:
         return None
@@ -213,7 +223,7 @@ async def open_loop(
                 await asyncio.sleep(delay)
             sent = time.perf_counter() - t0
             status, headers, payload = await client.post(path, bodies[i])
-            first, attempts = status, 1
+            first, first_source, attempts = status, source_of_503(status, payload), 1
             if retry_once and status in RETRYABLE:
                 # As a payment client does: after Retry-After (capped), else a short pause, so the retry
                 # is not answered by the same dying replica the first attempt met.
@@ -232,6 +242,8 @@ async def open_loop(
                     attempts,
                     first,
                     sent,
+                    first_source,
+                    source_of_503(status, payload),
                 )
             )
 
@@ -260,10 +272,10 @@ def timeline(run: Run, bucket_s: float = 1.0) -> list[str]:
     buckets: dict[int, dict[str, int]] = {}
     for o in run.outcomes:
         counts = buckets.setdefault(int(o.intended_s // bucket_s), {})
-        key = "degraded" if o.degraded else str(o.status)
+        key = "degraded" if o.degraded else str(o.status) + (f"-{o.source}" if o.source else "")
         counts[key] = counts.get(key, 0) + 1
-        if o.attempts > 1:  # what the retry hid: the first attempt's status
-            first = f"first-{o.first_status}"
+        if o.attempts > 1:  # what the retry hid: the first attempt's status (and who sent a 503)
+            first = f"first-{o.first_status}" + (f"-{o.first_source}" if o.first_source else "")
             counts[first] = counts.get(first, 0) + 1
     marks = {int(t // bucket_s): name for name, t in run.marks.items()}
     return [

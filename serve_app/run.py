@@ -324,8 +324,8 @@ def banner(
         limits = edge.settings
         lines.append(
             f"  Edge           at most {limits.max_in_flight} requests in Serve at once, {limits.max_queue} "
-            f"waiting up to {limits.queue_timeout_ms} ms, the rest 503 (FRAUD_EDGE_*); "
-            f"Serve itself on http://{edge.upstream}"
+            f"waiting ({limits.burst_queue} through a short stall) up to {limits.queue_timeout_ms} ms, "
+            f"the rest 503 (FRAUD_EDGE_*); Serve itself on http://{edge.upstream}"
         )
     lines += [
         f"  Ray dashboard  {dashboard_url}",

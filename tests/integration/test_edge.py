@@ -90,7 +90,20 @@ def upstream() -> Iterator[HeldUpstream]:
 
 @pytest.fixture
 def edge(upstream: HeldUpstream, tmp_path: Path) -> Iterator[Edge]:
-    settings = EdgeSettings(max_in_flight=2, max_queue=1, queue_timeout_ms=400, retry_after_s=2)
+    settings = EdgeSettings(
+        max_in_flight=2, max_queue=1, burst_queue=1, queue_timeout_ms=400, retry_after_s=2
+    )
+    running = Edge(settings, Address("127.0.0.1", free_port()), upstream.address, tmp_path / "edge").start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def bursty_edge(upstream: HeldUpstream, tmp_path: Path) -> Iterator[Edge]:
+    """Two in flight, one queued under overload; a stall may queue two more, four at most."""
+    settings = EdgeSettings(
+        max_in_flight=2, max_queue=1, burst_queue=4, burst_per_s=2, queue_timeout_ms=5000, retry_after_s=1
+    )
     running = Edge(settings, Address("127.0.0.1", free_port()), upstream.address, tmp_path / "edge").start()
     yield running
     running.stop()
@@ -138,6 +151,53 @@ def test_budget_queue_and_refusal(edge: Edge, upstream: HeldUpstream) -> None:
         upstream.release.set()
         assert [f.result(timeout=10.0).status_code for f in held] == [200, 200]
     assert upstream.arrived == 2  # nothing refused ever reached the upstream
+
+
+def _queue_one(pool: ThreadPoolExecutor, base: str) -> Future[httpx.Response]:
+    """Send a request and check that it waits at the edge (neither refused nor at the upstream)."""
+    future = pool.submit(_post, base)
+    time.sleep(0.15)
+    assert not future.done(), f"expected it to wait, got {future.result().status_code}"
+    return future
+
+
+def test_a_stall_may_queue_a_burst_but_an_overload_is_shed_at_max_queue(
+    bursty_edge: Edge, upstream: HeldUpstream
+) -> None:
+    base = f"http://{bursty_edge.listen}"
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        held = [pool.submit(_post, base) for _ in range(2)]
+        _wait_for(lambda: upstream.arrived == 2)
+        waiting = [_queue_one(pool, base)]  # the standing queue (max_queue = 1)
+        # Two arrivals find the queue at max_queue: within the allowance of 2 a second, they wait too.
+        waiting += [_queue_one(pool, base), _queue_one(pool, base)]
+        # The third in the same second means an overload, not a stall: shed at once, queue not full.
+        started = time.monotonic()
+        refused = _post(base)
+        assert refused.status_code == 503
+        assert refused.headers["Retry-After"] == "1"
+        assert time.monotonic() - started < 0.3
+        assert upstream.arrived == 2
+
+        upstream.release.set()
+        assert [f.result(timeout=10.0).status_code for f in held + waiting] == [200] * 5
+        assert upstream.arrived == 5
+
+
+def test_the_burst_queue_is_a_hard_limit(upstream: HeldUpstream, tmp_path: Path) -> None:
+    settings = EdgeSettings(max_in_flight=2, max_queue=1, burst_queue=2, burst_per_s=100)
+    edge = Edge(settings, Address("127.0.0.1", free_port()), upstream.address, tmp_path / "edge").start()
+    base = f"http://{edge.listen}"
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            held = [pool.submit(_post, base) for _ in range(2)]
+            _wait_for(lambda: upstream.arrived == 2)
+            waiting = [_queue_one(pool, base), _queue_one(pool, base)]
+            assert _post(base).status_code == 503  # allowance left, but the burst queue is full
+            upstream.release.set()
+            assert [f.result(timeout=10.0).status_code for f in held + waiting] == [200] * 4
+    finally:
+        edge.stop()
 
 
 def test_upstream_answers_pass_through_unchanged(edge: Edge, upstream: HeldUpstream) -> None:

@@ -11,8 +11,10 @@ from loadtest.chaos_load import (
     Run,
     p99_ms,
     retry_pause_s,
+    source_of_503,
     timeline,
 )
+from serve_app.edge import shed_response
 
 
 @pytest.mark.parametrize(
@@ -54,7 +56,17 @@ def test_the_timeline_shows_what_a_client_retry_hid() -> None:
     run = Run(rate=3.0, duration_s=2.0, marks={"kill": 1.5})
     run.outcomes = [
         Outcome(0, 0.1, 0.2, 200, False, None, 1, 200, 0.1),
-        Outcome(1, 0.4, 1.6, 200, False, None, 2, 503, 0.4),  # shed, then served after Retry-After
+        Outcome(1, 0.4, 1.6, 200, False, None, 2, 503, 0.4, "edge"),  # shed, served after Retry-After
         Outcome(2, 1.2, 1.3, 200, True, None, 1, 200, 1.2),
     ]
-    assert timeline(run) == ["   0.0s 200=2 first-503=1", "   1.0s degraded=1   <- kill"]
+    assert timeline(run) == ["   0.0s 200=2 first-503-edge=1", "   1.0s degraded=1   <- kill"]
+
+
+def test_a_503_names_who_refused() -> None:
+    edge_body = shed_response(1).split("\r\n\r\n", 1)[1].encode()
+    assert source_of_503(503, edge_body) == "edge"
+    assert source_of_503(503, b"<html>503 Service Unavailable</html>") == "serve"
+    assert source_of_503(200, edge_body) == ""
+    run = Run(rate=1.0, duration_s=1.0)
+    run.outcomes = [Outcome(0, 0.1, 0.2, 503, None, "1", 2, 503, 0.1, "edge", "serve")]
+    assert timeline(run) == ["   0.0s 503-serve=1 first-503-edge=1"]

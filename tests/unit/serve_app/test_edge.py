@@ -37,11 +37,21 @@ def test_config_limits_serve_and_lets_probes_past_the_limit(tmp_path: Path) -> N
     assert "server serve 127.0.0.1:18001 maxconn 12" in text
     assert "timeout queue 15ms" in text
     assert "queue(scorer) ge 6" in text
+    # A short stall may queue up to burst_queue, while at most burst_per_s arrivals a second find it long.
+    assert "queue(scorer) ge 40" in text
+    assert "sc0_gpc0_rate gt 40" in text
+    assert "sc-inc-gpc0(0) if !probe queue_standing" in text
     assert "hdr Retry-After 2" in text
     # Probes have their own backend without a connection limit, and the shedding rule skips them.
     assert "use_backend probes if probe" in text
     assert "if !probe" in text
     assert "acl probe path /healthz /readyz" in text
+
+
+def test_the_burst_queue_cannot_be_shorter_than_the_standing_queue() -> None:
+    with pytest.raises(ValidationError, match="burst_queue"):
+        EdgeSettings(max_queue=16, burst_queue=8)
+    assert EdgeSettings(max_queue=16, burst_queue=16).burst_queue == 16
 
 
 def test_config_never_logs_requests(tmp_path: Path) -> None:
