@@ -54,6 +54,9 @@ class EdgeSettings(BaseSettings):
     metrics_port: int | None = Field(None, description="HAProxy's Prometheus exporter port (off if unset)")
     metrics_host: str = Field("127.0.0.1", description="Where the exporter listens")
     haproxy_binary: Path | None = Field(None, description="haproxy to run (default: Ray's bundled one)")
+    follow_dns: bool = Field(
+        False, description="Re-resolve the upstream name through /etc/resolv.conf (compose, Kubernetes)"
+    )
 
     @model_validator(mode="after")
     def _burst_is_at_least_the_queue(self) -> EdgeSettings:
@@ -98,6 +101,17 @@ def render_config(settings: EdgeSettings, listen: Address, upstream: Address, sh
     detail = f'{{"detail":"{SHED_DETAIL}"}}'
     shed_headers = f"hdr Retry-After {settings.retry_after_s} hdr Cache-Control no-store"
     shed_when = "if !probe queue_burst_full || !probe queue_standing burst_spent"
+    # A container's upstream is a name whose address can change (a restarted head container, a Service's
+    # pods): resolved at run time through the resolver the container uses, and an unresolvable name at
+    # start leaves the server down instead of refusing to start.
+    dns, follow = "", ""
+    if settings.follow_dns:
+        dns = """
+resolvers platform
+    parse-resolv-conf
+    hold valid 10s
+"""
+        follow = " resolvers platform init-addr last,libc,none"
     metrics = ""
     if settings.metrics_port is not None:
         metrics = f"""
@@ -148,16 +162,16 @@ backend scorer
     http-reuse always
     timeout queue {settings.queue_timeout_ms}ms
     errorfile 503 {shed_file}
-    server serve {upstream} maxconn {settings.max_in_flight}
+    server serve {upstream} maxconn {settings.max_in_flight}{follow}
 
 backend probes
     http-reuse always
-    server serve {upstream}
+    server serve {upstream}{follow}
 
 backend pressure
     # One row: how many arrivals a second found the scorer's queue at max_queue or beyond.
     stick-table type integer size 1 expire 10s store gpc0,gpc0_rate(1s)
-{metrics}"""
+{dns}{metrics}"""
 
 
 def find_haproxy(settings: EdgeSettings) -> Path:

@@ -200,6 +200,19 @@ def test_the_burst_queue_is_a_hard_limit(upstream: HeldUpstream, tmp_path: Path)
         edge.stop()
 
 
+def test_an_edge_that_follows_dns_forwards_to_the_named_upstream(
+    upstream: HeldUpstream, tmp_path: Path
+) -> None:
+    upstream.release.set()
+    named = Address("localhost", upstream.address.port)
+    settings = EdgeSettings(follow_dns=True)
+    edge = Edge(settings, Address("127.0.0.1", free_port()), named, tmp_path / "edge").start()
+    try:
+        assert _post(f"http://{edge.listen}").status_code == 200
+    finally:
+        edge.stop()
+
+
 def test_upstream_answers_pass_through_unchanged(edge: Edge, upstream: HeldUpstream) -> None:
     upstream.release.set()
     base = f"http://{edge.listen}"

@@ -81,6 +81,17 @@ def test_a_config_haproxy_refuses_is_an_error_naming_the_file(tmp_path: Path) ->
         write_config(EdgeSettings(), Address("not a host!", 18000), UPSTREAM, tmp_path)
 
 
+def test_following_dns_lets_haproxy_start_before_the_upstream_name_resolves(tmp_path: Path) -> None:
+    """In compose or Kubernetes the edge may start before Serve's name exists; it must not refuse."""
+    unresolvable = Address("fraud-scorer-serve-svc.invalid", 8000)
+    with pytest.raises(EdgeError):
+        write_config(EdgeSettings(), LISTEN, unresolvable, tmp_path / "static")
+    config = write_config(EdgeSettings(follow_dns=True), LISTEN, unresolvable, tmp_path / "dns")
+    text = config.read_text()
+    assert "parse-resolv-conf" in text
+    assert text.count("resolvers platform init-addr last,libc,none") == 2  # scoring and probes
+
+
 def test_addresses_parse_host_and_port() -> None:
     assert Address.parse("0.0.0.0:8000") == Address("0.0.0.0", 8000)
     assert str(Address.parse("ray-head:8000")) == "ray-head:8000"
