@@ -36,8 +36,11 @@ class EdgeSettings(BaseSettings):
     `burst_queue`, but only while fewer than `burst_per_s` requests in the last second found it at
     `max_queue` or beyond: a stall spends that allowance, a sustained overload exhausts it within tens of
     milliseconds and is shed at `max_queue` again. The queue timeout only guards a stall that lasts.
-    Measured on 2 cores, quiet (loadtest.chaos, accepted p99 at 3x capacity, from when due), without the
-    burst: 12 + 8 58, 58, 63 ms; 12 + 16 87, 123; 16 + 8 67-117; 16 + 16 78, 168; 32 in flight 170.
+    Measured on 2 cores, quiet (loadtest.chaos; 3x overload: accepted p99 from when due; kill: requests
+    failed at the first try of ~5,000), without the burst: 12 + 8 58, 58, 63 ms; 12 + 16 87, 123; 16 + 8
+    67-117; 16 + 16 78, 168; 32 in flight 170; a slow Redis shed 5-18, a kill 0-29. With burst_queue 40:
+    burst_per_s 40, overload 60-103 ms, a slow Redis 0 (3 runs), a kill 0, 0, 0, 27, 31; burst_per_s 120,
+    overload 59-81 ms (148 once, on a stack slowed by earlier runs), a kill 1, 1, 0.
     """
 
     model_config = SettingsConfigDict(env_prefix="FRAUD_EDGE_", extra="ignore")
@@ -47,7 +50,7 @@ class EdgeSettings(BaseSettings):
     max_queue: int = Field(8, ge=0, description="Requests waiting for a slot under sustained overload")
     burst_queue: int = Field(40, ge=0, description="Requests waiting for a slot during a short stall")
     burst_per_s: int = Field(
-        40, ge=0, description="Arrivals a second that may find the queue at max_queue and still wait"
+        120, ge=0, description="Arrivals a second that may find the queue at max_queue and still wait"
     )
     queue_timeout_ms: int = Field(1000, ge=1, description="A request waiting longer than this gets 503")
     retry_after_s: int = Field(1, ge=0, description="Retry-After on a shed request")

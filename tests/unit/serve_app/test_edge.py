@@ -39,7 +39,7 @@ def test_config_limits_serve_and_lets_probes_past_the_limit(tmp_path: Path) -> N
     assert "queue(scorer) ge 6" in text
     # A short stall may queue up to burst_queue, while at most burst_per_s arrivals a second find it long.
     assert "queue(scorer) ge 40" in text
-    assert "sc0_gpc0_rate gt 40" in text
+    assert "sc0_gpc0_rate gt 120" in text
     assert "sc-inc-gpc0(0) if !probe queue_standing" in text
     assert "hdr Retry-After 2" in text
     # Probes have their own backend without a connection limit, and the shedding rule skips them.
