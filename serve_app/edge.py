@@ -139,8 +139,10 @@ defaults
     timeout http-keep-alive 30s
     # A replica killed mid-request comes back from Serve as an empty answer or a 500/502 (Serve maps its
     # own 502-504 to 500). Every route is idempotent (the store records a transaction_id once, a repeated
-    # label is not counted twice), so it is resent, 100 ms later, instead of failing. Never a 503: that
-    # is backpressure, and resending it would defeat the shedding. Requests over the buffer are not resent.
+    # label is not counted twice), so it is resent instead of failing: at once (measured 0-2 ms between
+    # attempts; HAProxy's turn-around wait applies only to failed connects), and Serve's HAProxy marks a
+    # replica down after 3 refused connects, so a resend soon reaches a live one. Never a 503: that is
+    # backpressure, and resending it would defeat the shedding. Requests over the buffer are not resent.
     retry-on conn-failure empty-response junk-response response-timeout 500 502 504
     retries 3
 

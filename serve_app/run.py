@@ -40,7 +40,8 @@ FAST_PATH_ENV = {
 # HAProxy waits a second before any resend (HAProxy's turn-around, min(timeout connect, 1 s), and Ray sets
 # whole seconds); behind the edge that second of held slots made the edge shed 1.4-7.9 % of requests
 # (python -m loadtest.chaos, replica_kill). So with the edge, Serve's HAProxy answers at once and the edge
-# resends 100 ms later; without it, Serve's HAProxy resends, late but still better than failing.
+# resends (at once: its connection to Serve did not fail, so no turn-around applies); without the edge,
+# Serve's HAProxy resends, late but still better than failing.
 EDGE_ENV = {"RAY_SERVE_HAPROXY_RETRIES": "0"}
 NO_EDGE_ENV = {"RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response"}
 # Side ports HAProxy mode binds besides the API port; a second instance on the machine needs other ones.

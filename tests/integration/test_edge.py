@@ -44,12 +44,14 @@ class HeldUpstream:
                 if self.path == "/bad":
                     self._answer(422, b'{"detail":[{"loc":["body","amount"]}]}')
                     return
-                if self.path in ("/dies-once", "/busy"):
+                if self.path in ("/dies-once", "/500-once", "/busy"):
                     with upstream.lock:
                         upstream.calls[self.path] = upstream.calls.get(self.path, 0) + 1
                         first = upstream.calls[self.path] == 1
                     if self.path == "/busy":  # Serve's own backpressure answer
                         self._answer(503, b'{"detail":"busy"}', {"Retry-After": "1"})
+                    elif first and self.path == "/500-once":  # Serve's answer for a dead replica
+                        self._answer(500, b"Internal Server Error")
                     elif first:  # a replica killed mid-request: the connection closes, no answer
                         self.close_connection = True
                     else:
@@ -240,6 +242,8 @@ def test_an_answer_lost_with_its_replica_is_resent_but_backpressure_is_not(
     saved = _post(base, "/dies-once")
     assert saved.status_code == 200
     assert upstream.calls["/dies-once"] == 2
+    assert _post(base, "/500-once").status_code == 200
+    assert upstream.calls["/500-once"] == 2
     busy = _post(base, "/busy")
     assert busy.status_code == 503
     assert busy.json() == {"detail": "busy"}
