@@ -1,10 +1,10 @@
 """`python -m loadtest.store_history`: one transaction's cost to the store as its customer's history grows.
 
-The store's Lua script reads the customer's whole retained history (30 days) on every transaction to sum
-amounts per window and find the last merchant and location, so its cost grows with that history, and
-Redis runs one script at a time: a single card hammered by a card-testing attack slows every other
-customer's call. This prints, per history length, the time of one call for that customer and for a fresh
-one, against an embedded Redis started on a free port (appendfsync everysec, so the disk is not measured).
+A card hammered by a card-testing attack builds a history of thousands of events, and Redis runs one script
+at a time: if a transaction's cost grew with its customer's history, that one card would slow every other
+customer's call. The store keeps running sums and per-merchant sets so that it does not (online.lua). This
+prints, per history length, the time of one call for that customer and for a fresh one, and Redis's memory,
+against an embedded Redis started on a free port (appendfsync everysec, so the disk is not measured).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import redis
 from tqdm import tqdm
 
 from serve_app.features.online import StoreEvent, SyncOnlineFeatureStore
@@ -44,12 +45,17 @@ def per_call_ms(store: SyncOnlineFeatureStore, events: Sequence[StoreEvent]) -> 
     return (time.perf_counter() - started) / len(events) * 1000.0
 
 
-def measure(redis_url: str, lengths: Sequence[int], calls: int) -> list[tuple[int, float, float]]:
-    """(history length, ms per call for the hot customer, ms per call for fresh customers) per length."""
+Row = tuple[int, float, float, float]
+
+
+def measure(redis_url: str, lengths: Sequence[int], calls: int) -> list[Row]:
+    """(history length, ms per call for the hot customer, ms per call for fresh customers, Redis memory
+    in MiB) per length."""
     store = SyncOnlineFeatureStore(redis_url)
+    info = redis.Redis.from_url(redis_url)
     now_ms = int(time.time() * 1000)
     start_ms = now_ms - lengths[-1] * SPACING_MS
-    rows: list[tuple[int, float, float]] = []
+    rows: list[Row] = []
     filled = 0
     with tqdm(total=lengths[-1], unit="tx", desc="filling the hot customer's history") as bar:
         for length in lengths:
@@ -83,8 +89,9 @@ def measure(redis_url: str, lengths: Sequence[int], calls: int) -> list[tuple[in
                 ],
             )
             filled += calls  # the hot probes joined the history too
-            rows.append((length, hot, fresh))
+            rows.append((length, hot, fresh, int(info.info("memory")["used_memory"]) / 2**20))
     store.close()
+    info.close()
     return rows
 
 
@@ -104,9 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = measure(server.url, lengths, args.calls)
         finally:
             server.stop()
-    print(f"\n{'history (events)':>16}  {'that customer (ms/call)':>24}  {'a new customer (ms/call)':>25}")
-    for length, hot, fresh in rows:
-        print(f"{length:>16}  {hot:>24.2f}  {fresh:>25.2f}")
+    print(
+        f"\n{'history (events)':>16}  {'that customer (ms/call)':>24}  {'a new customer (ms/call)':>25}"
+        f"  {'Redis memory (MiB)':>18}"
+    )
+    for length, hot, fresh, memory in rows:
+        print(f"{length:>16}  {hot:>24.2f}  {fresh:>25.2f}  {memory:>18.1f}")
     return 0
 
 

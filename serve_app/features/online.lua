@@ -6,7 +6,8 @@
 --
 -- ARGV[1] = 'tx'
 --   KEYS: customer history zset, merchant zset, transaction record hash, customer label zset,
---         merchant label zset
+--         merchant label zset, customer running-sum hash, customer located-events zset,
+--         customer-at-merchant zset
 --   ARGV: 'tx', event 'transaction_id|ts_ms|amount|merchant_id|lat|lon' (lat/lon '' if none; this text
 --         is also the customer zset member), customer_id
 --   Returns {status, raw}: status 'new' | 'dup' | 'conflict' (id seen with other content), raw the
@@ -15,9 +16,18 @@
 --   KEYS: transaction record hash, customer label zset, merchant label zset
 --   ARGV: 'label', transaction_id, is_fraud ('0' | '1'), labelled_at_ms, customer_id, merchant_id
 --   Returns 'recorded' | 'unchanged' | 'corrected' | 'unknown'.
+--
+-- Cost: O(log n) in the customer's history for a transaction that arrives in time order. Nothing walks the
+-- history: counts are ZCOUNTs; window sums are differences of a running sum kept per event (the sum of the
+-- customer's amounts up to and including it, in zset order) in a hash; the merchant and location lookups
+-- have sets of their own. A late transaction adds its amount to the running sum of each later event.
 
 local EVENT_PATTERN = '^([^|]+)|([^|]+)|([^|]+)|([^|]+)|([^|]*)|([^|]*)$'
 local HISTORY_PATTERN = '^[^|]+|([^|]+)|([^|]+)|([^|]+)|(.*)$' -- ts, amount, merchant, 'lat|lon'
+-- Running-sum hash fields besides the transaction ids; '|' never occurs in an id, so they cannot collide.
+local BASE = '|base' -- running sum of every event trimmed from the history
+local LEGACY = '|legacy' -- the history predates the sums: per-merchant sets are built on first use
+local HDEL_CHUNK = 1000 -- arguments per HDEL (Lua's unpack has a limit)
 
 local function fmt(x)
   if x == nil then
@@ -38,10 +48,71 @@ local function id_after(a, b)
   return #a > #b
 end
 
+local function id_of(member)
+  return string.match(member, '^[^|]+')
+end
+
+-- A history written before the running sums existed (or whose sums were lost): build them, once.
+local function adopt_history(cust_key, sums_key, located_key)
+  if redis.call('EXISTS', sums_key) == 1 then
+    return
+  end
+  local members = redis.call('ZRANGE', cust_key, 0, -1)
+  if #members == 0 then
+    return
+  end
+  local running = 0
+  for i = 1, #members do
+    local hts_s, hamount_s, _, hgeo = string.match(members[i], HISTORY_PATTERN)
+    running = running + tonumber(hamount_s)
+    redis.call('HSET', sums_key, id_of(members[i]), fmt(running))
+    if hgeo ~= '|' then
+      redis.call('ZADD', located_key, hts_s, members[i])
+    end
+  end
+  redis.call('HSET', sums_key, BASE, '0', LEGACY, '1')
+end
+
+-- For an adopted history, the customer's events at this merchant, from the history, the first time.
+local function adopt_merchant(cust_key, sums_key, pair_key, merchant)
+  local mark = '|m|' .. merchant
+  if redis.call('HEXISTS', sums_key, LEGACY) == 0 or redis.call('HEXISTS', sums_key, mark) == 1 then
+    return
+  end
+  local members = redis.call('ZRANGE', cust_key, 0, -1)
+  for i = 1, #members do
+    local hts_s, _, hmerchant = string.match(members[i], HISTORY_PATTERN)
+    if hmerchant == merchant then
+      redis.call('ZADD', pair_key, hts_s, id_of(members[i]))
+    end
+  end
+  redis.call('HSET', sums_key, mark, '1')
+end
+
+-- Forget what no window can see any more; the running sum of the last forgotten event becomes the base.
+local function trim(cust_key, sums_key, stale)
+  local old = redis.call('ZRANGEBYSCORE', cust_key, '-inf', stale)
+  if #old == 0 then
+    return
+  end
+  local base = redis.call('HGET', sums_key, id_of(old[#old]))
+  local ids = {}
+  for i = 1, #old do
+    ids[#ids + 1] = id_of(old[i])
+    if #ids == HDEL_CHUNK or i == #old then
+      redis.call('HDEL', sums_key, unpack(ids))
+      ids = {}
+    end
+  end
+  redis.call('HSET', sums_key, BASE, base or '0')
+  redis.call('ZREMRANGEBYSCORE', cust_key, '-inf', stale)
+end
+
 local function record_transaction()
   local cust_key, merch_key, rec_key, cust_labels, merch_labels = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+  local sums_key, located_key, pair_key = KEYS[6], KEYS[7], KEYS[8]
   local event, customer = ARGV[2], ARGV[3]
-  local txid, ts_s, _, merchant = string.match(event, EVENT_PATTERN)
+  local txid, ts_s, amount_s, merchant, lat = string.match(event, EVENT_PATTERN)
   if not txid then
     return redis.error_reply('malformed transaction event')
   end
@@ -60,71 +131,62 @@ local function record_transaction()
   local since = fmt(t - RETENTION_MS)
   local until_t = '(' .. ts_s -- exclusive: events at the same timestamp are not history
 
+  adopt_history(cust_key, sums_key, located_key)
+  adopt_merchant(cust_key, sums_key, pair_key, merchant)
   -- Forget what no window can see any more (the offline side never looks further back either).
   local stale = '(' .. since
-  redis.call('ZREMRANGEBYSCORE', cust_key, '-inf', stale)
+  trim(cust_key, sums_key, stale)
+  redis.call('ZREMRANGEBYSCORE', located_key, '-inf', stale)
+  redis.call('ZREMRANGEBYSCORE', pair_key, '-inf', stale)
   redis.call('ZREMRANGEBYSCORE', merch_key, '-inf', stale)
   redis.call('ZREMRANGEBYSCORE', cust_labels, '-inf', stale)
   redis.call('ZREMRANGEBYSCORE', merch_labels, '-inf', stale)
 
-  -- Members ascend in time and the windows are nested, so window k holds a suffix of the history: note
-  -- how many members (and how much amount) come before its start, and take differences at the end.
-  local lows, before_count, before_sum = {}, {}, {}
+  -- Everything left in the customer's set before t is history: the trim removed what is older.
+  local base = tonumber(redis.call('HGET', sums_key, BASE) or '0')
+  local function sum_before(bound) -- running sum of the last event with a score below `bound`
+    local last = redis.call('ZREVRANGEBYSCORE', cust_key, bound, '-inf', 'LIMIT', 0, 1)
+    if #last == 0 then
+      return base
+    end
+    return tonumber(redis.call('HGET', sums_key, id_of(last[1])))
+  end
+  local lows = {}
   for k = 1, #windows do
     lows[k] = t - windows[k]
   end
-  local k = #windows -- widest window first: its start is crossed first
-  local seen_count, total = 0, 0
-  local last_ts, geo_ts, geo_id, geo_at = nil, nil, nil, nil
-  local at_merchant = 0
-  local history = redis.call('ZRANGEBYSCORE', cust_key, since, until_t)
-  for i = 1, #history do
-    local hts_s, hamount_s, hmerchant, hgeo = string.match(history[i], HISTORY_PATTERN)
-    local hts = tonumber(hts_s)
-    while k >= 1 and hts >= lows[k] do
-      before_count[k], before_sum[k] = seen_count, total
-      k = k - 1
-    end
-    seen_count = seen_count + 1
-    total = total + tonumber(hamount_s)
-    last_ts = hts
-    if hmerchant == merchant then
-      at_merchant = at_merchant + 1
-    end
-    if hgeo ~= '|' then
-      -- Equal timestamps: the larger transaction_id wins (member order is not id order: 'ab|' > 'abc|').
-      if geo_ts == nil or hts > geo_ts then
-        geo_ts, geo_id, geo_at = hts, nil, i
-      else
-        geo_id = geo_id or string.match(history[geo_at], '^[^|]+')
-        local id = string.match(history[i], '^[^|]+')
-        if id_after(id, geo_id) then
-          geo_id, geo_at = id, i
-        end
+  local total = sum_before(until_t)
+  local last = redis.call('ZREVRANGEBYSCORE', cust_key, until_t, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  local last_ts = last[2] and tonumber(last[2]) or nil
+
+  -- The latest located event; equal timestamps: the larger transaction_id wins (member order is not id
+  -- order: 'ab|' > 'abc|').
+  local geo_ts, geo_lat, geo_lon = nil, nil, nil
+  local top = redis.call('ZREVRANGEBYSCORE', located_key, until_t, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if top[1] then
+    local tied = redis.call('ZRANGEBYSCORE', located_key, top[2], top[2])
+    local chosen = tied[1]
+    for i = 2, #tied do
+      if id_after(id_of(tied[i]), id_of(chosen)) then
+        chosen = tied[i]
       end
     end
-  end
-  while k >= 1 do
-    before_count[k], before_sum[k] = seen_count, total
-    k = k - 1
-  end
-  local geo_lat, geo_lon = nil, nil
-  if geo_at then
-    geo_lat, geo_lon = string.match(history[geo_at], '|([^|]*)|([^|]*)$')
+    geo_ts = tonumber(top[2])
+    geo_lat, geo_lon = string.match(chosen, '|([^|]*)|([^|]*)$')
   end
 
   local raw = {}
   for w = 1, #windows do
-    raw[#raw + 1] = fmt(seen_count - before_count[w])
+    raw[#raw + 1] = fmt(redis.call('ZCOUNT', cust_key, fmt(lows[w]), until_t))
   end
   for w = 1, #windows do
-    raw[#raw + 1] = fmt(total - before_sum[w])
+    raw[#raw + 1] = fmt(total - sum_before('(' .. fmt(lows[w])))
   end
   raw[#raw + 1] = fmt(last_ts)
   raw[#raw + 1] = fmt(geo_ts)
   raw[#raw + 1] = geo_lat or '' -- the stored text is the exact repr the client sent
   raw[#raw + 1] = geo_lon or ''
-  raw[#raw + 1] = fmt(at_merchant)
+  raw[#raw + 1] = fmt(redis.call('ZCOUNT', pair_key, '-inf', until_t))
   raw[#raw + 1] = fmt(redis.call('ZCOUNT', cust_labels, since, until_t))
   for w = 1, #windows do
     raw[#raw + 1] = fmt(redis.call('ZCOUNT', merch_key, fmt(lows[w]), until_t))
@@ -134,12 +196,30 @@ local function record_transaction()
   end
   local answer = table.concat(raw, ',')
 
+  -- The new event's running sum, and the amount added to every event after it (none when in order).
+  local amount = tonumber(amount_s)
   redis.call('ZADD', cust_key, ts_s, event)
+  local rank = redis.call('ZRANK', cust_key, event)
+  local before = base
+  if rank > 0 then
+    local previous = redis.call('ZRANGE', cust_key, rank - 1, rank - 1)[1]
+    before = tonumber(redis.call('HGET', sums_key, id_of(previous)) or base)
+  end
+  redis.call('HSET', sums_key, txid, fmt(before + amount))
+  local later = redis.call('ZRANGE', cust_key, rank + 1, -1)
+  for i = 1, #later do
+    local id = id_of(later[i])
+    redis.call('HSET', sums_key, id, fmt(tonumber(redis.call('HGET', sums_key, id)) + amount))
+  end
+  if lat ~= '' then
+    redis.call('ZADD', located_key, ts_s, event)
+  end
+  redis.call('ZADD', pair_key, ts_s, txid)
   redis.call('ZADD', merch_key, ts_s, txid)
   redis.call('HSET', rec_key, 'c', customer, 'm', merchant, 'e', event, 'raw', answer)
-  redis.call('PEXPIRE', cust_key, KEY_TTL_MS)
-  redis.call('PEXPIRE', merch_key, KEY_TTL_MS)
-  redis.call('PEXPIRE', rec_key, KEY_TTL_MS)
+  for _, key in ipairs({cust_key, sums_key, located_key, pair_key, merch_key, rec_key}) do
+    redis.call('PEXPIRE', key, KEY_TTL_MS)
+  end
   return {'new', answer}
 end
 

@@ -49,7 +49,7 @@ def lua_source() -> str:
     """online.lua behind the contract's constants; read on first use (no file access at import time)."""
     widths = list(WINDOWS_MS.values())
     if widths != sorted(set(widths)) or widths[-1] != RETENTION_MS:
-        # The script walks the history once, relying on nested windows whose widest is the retention.
+        # The script trims the history to the widest window: every window must fit inside the retention.
         raise RuntimeError("online.lua needs WINDOWS_MS strictly ascending and ending at RETENTION_MS")
     constants = (
         f"local RETENTION_MS = {RETENTION_MS}\n"
@@ -107,6 +107,16 @@ class KeySchema:
     def customer(self, customer_id: str) -> str:
         return f"{self.prefix}cust:{customer_id}"
 
+    def customer_sums(self, customer_id: str) -> str:
+        return f"{self.prefix}cust_sum:{customer_id}"
+
+    def customer_located(self, customer_id: str) -> str:
+        return f"{self.prefix}cust_geo:{customer_id}"
+
+    def customer_at_merchant(self, customer_id: str, merchant_id: str) -> str:
+        # '|' never occurs in an id (_check_id), so the pair cannot be read two ways.
+        return f"{self.prefix}cust_merch:{customer_id}{_MEMBER_SEPARATOR}{merchant_id}"
+
     def customer_labels(self, customer_id: str) -> str:
         return f"{self.prefix}cust_lbl:{customer_id}"
 
@@ -146,6 +156,9 @@ def transaction_call(keys: KeySchema, ev: StoreEvent) -> Call:
             keys.transaction(txid),
             keys.customer_labels(customer),
             keys.merchant_labels(merchant),
+            keys.customer_sums(customer),
+            keys.customer_located(customer),
+            keys.customer_at_merchant(customer, merchant),
         ],
         ["tx", event, customer],
     )

@@ -113,7 +113,7 @@ def test_every_key_has_a_ttl(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = list(client.scan_iter("*"))
     kinds = {key.split(":")[1] for key in keys}
-    assert kinds == {"cust", "merch", "tx", "cust_lbl", "merch_lbl"}
+    assert kinds == {"cust", "cust_sum", "cust_geo", "cust_merch", "merch", "tx", "cust_lbl", "merch_lbl"}
     ttls = {key: client.pttl(key) for key in keys}
     client.close()
     assert all(0 < ttl <= KEY_TTL_MS for ttl in ttls.values()), ttls

@@ -13,7 +13,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -98,13 +98,22 @@ def replay_plan(df: pd.DataFrame, seed: int) -> list[tuple[str, list[int]]]:
     return plan
 
 
-async def replay_online(redis_url: str, df: pd.DataFrame, events: Sequence[StoreEvent]) -> FloatArray:
-    """Raw aggregates per row from the async store, labels applied through its label API."""
+async def replay_online(
+    redis_url: str,
+    df: pd.DataFrame,
+    events: Sequence[StoreEvent],
+    midway: Callable[[], object] | None = None,
+) -> FloatArray:
+    """Raw aggregates per row from the async store, labels applied through its label API; `midway` runs
+    once half of the batches are in."""
     out = np.full((len(df), len(RAW_NAMES)), np.nan)
     store = OnlineFeatureStore(redis_url, timeout_s=5.0)
     ts = timestamps_ms(df["timestamp"])
+    plan = replay_plan(df, seed=3)
     try:
-        for kind, rows in replay_plan(df, seed=3):
+        for step, (kind, rows) in enumerate(plan):
+            if midway is not None and step == len(plan) // 2:
+                midway()
             if kind == "tx":
                 raw = await store.fetch_and_update([events[i] for i in rows])
                 out[rows] = np.column_stack([raw[name] for name in RAW_NAMES])
@@ -227,3 +236,93 @@ def test_materialized_store_holds_the_offline_answers_and_starts_warm(
     assert_columns_equal(np.column_stack([online_probe[n] for n in RAW_NAMES]), expected, RAW_NAMES)
     assert (expected[:, RAW_NAMES.index("cust_count_30d")] > 0).all()
     assert (expected[:, RAW_NAMES.index("merch_fraud_labels_30d")] > 0).any()
+
+
+def hot_customer_stream(seed: int = 5, events: int = 3000) -> pd.DataFrame:
+    """One customer with thousands of events over 40 days (a card under a card-testing attack), among a
+    few quiet ones: ties, located and online events, several merchants, frauds."""
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    n_quiet = 400
+    customers = np.concatenate([np.full(events, "hot"), rng.choice([f"c{i}" for i in range(20)], n_quiet)])
+    n = len(customers)
+    offsets = np.sort(rng.integers(0, 40 * DAY_MS, n))
+    offsets[1::15] = offsets[0:-1:15]  # simultaneous events
+    located = rng.random(n) < 0.5
+    df = pd.DataFrame(
+        {
+            "transaction_id": ["".join(rng.choice(ID_ALPHABET, 8)) + f"_{i}" for i in range(n)],
+            "timestamp": start + pd.to_timedelta(offsets, unit="ms"),
+            "customer_id": rng.permutation(customers),
+            "merchant_id": rng.choice([f"m{i}" for i in range(8)], n),
+            "amount": np.round(rng.lognormal(3.0, 1.2, n), 2) + 0.01,
+            "channel": np.where(located, "pos", "online"),
+            "lat": np.where(located, np.round(rng.uniform(40, 50, n), 5), np.nan),
+            "lon": np.where(located, np.round(rng.uniform(0, 10, n), 5), np.nan),
+            "is_fraud": (rng.random(n) < 0.02).astype(int),
+        }
+    )
+    return df.sort_values(["timestamp", "transaction_id"], kind="mergesort").reset_index(drop=True)
+
+
+def test_a_customer_with_a_long_history_matches_offline(redis_url: str) -> None:
+    """The store keeps running sums and per-merchant sets instead of reading the history: same answers."""
+    df = hot_customer_stream()
+    events = [StoreEvent.from_transaction(t) for t in transactions_of(df)]
+    online_raw = asyncio.run(replay_online(redis_url, df, events))
+    offline = compute_raw_aggregates(df, LABEL_DELAY_MS)
+    assert_columns_equal(online_raw, np.column_stack([offline[n] for n in RAW_NAMES]), RAW_NAMES)
+    hot = (df["customer_id"] == "hot").to_numpy()
+    assert offline["cust_count_30d"][hot].max() >= 2000
+    assert (offline["cust_count_30d"][hot] < np.arange(hot.sum())).sum() >= 500  # retention trimmed it
+
+
+def test_a_history_stored_without_running_sums_is_adopted(redis_url: str, stream: pd.DataFrame) -> None:
+    """A store written before the running sums (or one that lost them) still answers like offline."""
+    import redis
+
+    def forget_the_derived_keys() -> None:
+        client = redis.Redis.from_url(redis_url)
+        for pattern in ("fraud:cust_sum:*", "fraud:cust_geo:*", "fraud:cust_merch:*"):
+            for key in client.scan_iter(match=pattern, count=1000):
+                client.delete(key)
+        assert not list(client.scan_iter(match="fraud:cust_sum:*"))
+        client.close()
+
+    events = [StoreEvent.from_transaction(t) for t in transactions_of(stream)]
+    online_raw = asyncio.run(replay_online(redis_url, stream, events, midway=forget_the_derived_keys))
+    offline = compute_raw_aggregates(stream, LABEL_DELAY_MS)
+    assert_columns_equal(online_raw, np.column_stack([offline[n] for n in RAW_NAMES]), RAW_NAMES)
+
+
+def test_a_late_transaction_counts_for_the_transactions_after_it(redis_url: str) -> None:
+    """A transaction older than the customer's newest: its own history and the later answers are exact."""
+    start = pd.Timestamp("2026-03-01 12:00", tz="UTC")
+    rows = [  # in arrival order; the third is late (30 minutes after the first, sent after the second)
+        ("t1", start, 10.0),
+        ("t2", start + pd.Timedelta(hours=3), 20.0),
+        ("t3", start + pd.Timedelta(minutes=30), 40.0),
+        ("t4", start + pd.Timedelta(hours=3, minutes=10), 80.0),
+    ]
+    df = pd.DataFrame(
+        {
+            "transaction_id": [r[0] for r in rows],
+            "timestamp": [r[1] for r in rows],
+            "customer_id": "late",
+            "merchant_id": ["m1", "m2", "m1", "m1"],
+            "amount": [r[2] for r in rows],
+            "channel": "online",
+            "lat": np.nan,
+            "lon": np.nan,
+            "is_fraud": 0,
+        }
+    )
+    sync = SyncOnlineFeatureStore(redis_url)
+    answers = [sync.fetch_and_update([StoreEvent.from_transaction(t)]) for t in transactions_of(df)]
+    sync.close()
+    offline = compute_raw_aggregates(df, LABEL_DELAY_MS)
+    for row in (2, 3):  # t2 was answered before t3 existed; t3 and t4 must see everything before them
+        online = np.array([[answers[row][n][0] for n in RAW_NAMES]])
+        assert_columns_equal(online, np.array([[offline[n][row] for n in RAW_NAMES]]), RAW_NAMES)
+    assert answers[3]["cust_sum_1d"][0] == 70.0  # t1 + t2 + t3
+    assert answers[3]["cust_sum_1h"][0] == 20.0  # t2 only
