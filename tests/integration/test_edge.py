@@ -1,6 +1,7 @@
 """The edge HAProxy, for real, in front of an upstream that holds requests until told: it lets the budget
-through, queues a few for the queue timeout, refuses the rest at once with 503 + Retry-After, keeps probes
-answering while saturated, passes the upstream's own answers unchanged and logs no request content."""
+through, queues a few for the queue timeout (more through a short stall, never past the burst queue),
+refuses the rest at once with 503 + Retry-After, keeps probes answering while saturated, resends what a
+dying replica dropped, passes the upstream's own answers unchanged and logs no request content."""
 
 from __future__ import annotations
 
