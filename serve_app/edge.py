@@ -39,8 +39,9 @@ class EdgeSettings(BaseSettings):
     Measured on 2 cores, quiet (loadtest.chaos; 3x overload: accepted p99 from when due; kill: requests
     failed at the first try of ~5,000), without the burst: 12 + 8 58, 58, 63 ms; 12 + 16 87, 123; 16 + 8
     67-117; 16 + 16 78, 168; 32 in flight 170; a slow Redis shed 5-18, a kill 0-29. With burst_queue 40:
-    burst_per_s 40, overload 60-103 ms, a slow Redis 0 (3 runs), a kill 0, 0, 0, 27, 31; burst_per_s 120,
-    overload 59-81 ms (148 once, on a stack slowed by earlier runs), a kill 1, 1, 0.
+    burst_per_s 40, overload 60-103 ms, a slow Redis 0 (4 runs), a kill 0, 0, 0, 27, 31; burst_per_s 120,
+    overload 58-92 ms in 11 of 13 runs (148, 180 when the machine's capacity had dropped by a third), a
+    slow Redis 0 (4 runs), a kill 0 or 1 in 8 of 10 runs (42, 79).
     """
 
     model_config = SettingsConfigDict(env_prefix="FRAUD_EDGE_", extra="ignore")
