@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from serve_app.edge import Address, EdgeSettings, parse_args
+from serve_app.run import EDGE_ENV
 from serve_app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,6 +135,15 @@ def test_only_the_api_dashboards_and_locust_are_published_and_only_on_localhost(
     assert published == {"8265"}  # Ray dashboard; Serve, GCS, metrics, client ports stay inside
     # The API only through the edge, which sheds overload before it reaches Serve.
     assert [str(p).rsplit(":", 1)[1] for p in services["edge"]["ports"]] == ["8000"]
+
+
+def test_serve_behind_the_edge_is_configured_as_make_run_configures_it(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Serve's HAProxy leaves resends to the edge and routes away from a dead replica at once."""
+    for name in ("ray-head", "ray-worker"):
+        environment = services[name]["environment"]
+        assert {k: environment.get(k) for k in EDGE_ENV} == EDGE_ENV, name
 
 
 def test_the_edge_fronts_serve_and_locust_goes_through_it(services: dict[str, dict[str, Any]]) -> None:
